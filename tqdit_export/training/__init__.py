@@ -1,0 +1,1 @@
+"""Scripts that reproduce the bundled weights (DiT on digits, metrics classifier)."""

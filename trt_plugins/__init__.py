@@ -1,0 +1,1 @@
+"""TensorRT plugins (time-group scale switching); built only where TensorRT is present."""
