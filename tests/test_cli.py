@@ -56,3 +56,24 @@ def test_bad_model_is_a_clear_error(tmp_path, capsys):
 def test_eval_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", "--samples", str(tmp_path / "missing.npz")]) == 2
     assert "tqdit sample --save-npz" in capsys.readouterr().err
+
+
+def test_calibrate_then_sample_with_the_record(tiny_checkpoint, tmp_path, capsys):
+    rec = tmp_path / "rec"
+    assert main(["calibrate", "--model", str(tiny_checkpoint), "--bits", "W6A6", "--groups", "2",
+                 "--samples-per-group", "2", "--trajectory-steps", "10", "--rounds", "1", "--out", str(rec),
+                 "--quiet", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "W6A6" in out and "peak RSS" in out
+    assert (rec / "record.json").exists() and (rec / "scales.safetensors").exists()
+    npz = tmp_path / "q.npz"
+    assert main(["sample", "--model", str(tiny_checkpoint), "--record", str(rec), "--steps", "4", "--num", "4",
+                 "--save-npz", str(npz), "--quiet", "--device", "cpu"]) == 0
+    images, _, meta = load_samples(npz)
+    assert meta["backend"] == "torch-fakequant" and np.isfinite(images).all()
+
+
+def test_calibrate_rejects_bad_bits(tiny_checkpoint, tmp_path, capsys):
+    assert main(["calibrate", "--model", str(tiny_checkpoint), "--bits", "W3A8", "--out", str(tmp_path / "r")]) == 2
+    assert "W3A8" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

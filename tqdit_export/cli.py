@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from calibration.search import METHODS
+
 from .diffusion import SAMPLERS, SamplerConfig, sample
 from .io import load_samples, save_samples, write_json
 
@@ -51,7 +53,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     config = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=resolved.pixel_space, eta=args.eta)
     labels = balanced_labels(args.num, cfg.num_classes, args.classes)
-    backend = TorchBackend(resolved.model, device)
+    if args.record is not None:
+        from calibration.record import CalibrationRecord
+
+        from .quant import FakeQuantBackend
+
+        backend = FakeQuantBackend(resolved.model, CalibrationRecord.load(args.record, resolved.model), device)
+    else:
+        backend = TorchBackend(resolved.model, device)
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
@@ -69,13 +78,45 @@ def cmd_sample(args: argparse.Namespace) -> int:
           f"{elapsed:.1f} s ({1000 * elapsed / calls:.1f} ms per denoiser call, batch {batch})")
     meta = {"model": resolved.name, "dataset": resolved.dataset, "sampler": config.sampler, "steps": config.steps,
             "cfg": config.cfg_scale, "seed": args.seed, "batch_size": batch, "backend": backend.name,
-            "seconds": round(elapsed, 3)}
+            "seconds": round(elapsed, 3), "record": str(args.record) if args.record else None}
     if args.save_npz is not None:
         print(f"wrote {save_samples(args.save_npz, x, labels.numpy(), meta)}")
     if args.out is not None:
         from .eval import save_image_grid
 
         print(f"wrote {save_image_grid(x, labels.numpy(), args.out)}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import resource
+
+    from calibration.calibrate import CalibrationConfig
+
+    from .models import resolve_model
+    from .quant import calibrate_dit, parse_bits
+
+    w_bits, a_bits = parse_bits(args.bits)
+    config = CalibrationConfig(weight_bits=w_bits, activation_bits=a_bits, num_groups=args.groups,
+                               method=args.method, tgq=not args.no_tgq, mrq=not args.no_mrq, ho=not args.no_ho,
+                               rounds=args.rounds, seed=args.seed)
+    device = _device(args.device)
+    resolved = resolve_model(args.model, device=device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    record = calibrate_dit(resolved.model, config, samples_per_group=args.samples_per_group, cfg_scale=args.cfg,
+                           trajectory_steps=args.trajectory_steps, clip_denoised=resolved.pixel_space,
+                           exclude=args.exclude, device=device, progress=not args.quiet)
+    elapsed = time.perf_counter() - start
+    record.method.update({"model": resolved.name, "wall_seconds": round(elapsed, 2)})
+    record.save(args.out)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if device.startswith("cuda") else ""
+    print(f"calibrated {resolved.name} {args.bits} ({config.method}, tgq={config.tgq}, mrq={config.use_mrq}, "
+          f"ho={config.use_ho}, G={config.groups}, {args.samples_per_group} samples/group, "
+          f"{len(record.sites)} sites): {elapsed:.1f} s, peak RSS {peak_rss_mb:.0f} MiB{gpu}")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -115,8 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     s.add_argument("--out", type=Path, default=None, help="PNG grid, one row per class")
     s.add_argument("--save-npz", type=Path, default=None, help="write samples + labels for `tqdit eval`")
+    s.add_argument("--record", type=Path, default=None,
+                   help="calibration record folder: sample with the fake-quant model (backend torch)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("calibrate", help="TQ-DiT post-training quantization -> calibration record")
+    c.add_argument("--model", default="dit-digits", help="bundled model name or checkpoint path (default dit-digits)")
+    c.add_argument("--bits", default="W8A8", help="weight/activation widths: W8A8, W6A6, W4A8, ... (default W8A8)")
+    c.add_argument("--groups", type=int, default=10, help="time groups G on [0, 1000) (default 10)")
+    c.add_argument("--samples-per-group", type=int, default=32, help="calibration samples per group (default 32)")
+    c.add_argument("--method", choices=METHODS, default="tqdit", help="scale search (default tqdit)")
+    c.add_argument("--no-tgq", action="store_true", help="one scale set for all timesteps")
+    c.add_argument("--no-mrq", action="store_true", help="no two-region quantizers (post-softmax, post-GELU)")
+    c.add_argument("--no-ho", action="store_true", help="unweighted (MSE) search instead of Hessian-guided")
+    c.add_argument("--rounds", type=int, default=3, help="alternating weight/activation rounds (default 3)")
+    c.add_argument("--exclude", default=None, help="regex of site names to keep in float")
+    c.add_argument("--cfg", type=float, default=1.5, help="guidance scale of the calibration trajectories")
+    c.add_argument("--trajectory-steps", type=int, default=100, help="DDPM steps of the FP trajectories")
+    c.add_argument("--seed", type=int, default=0, help="seed of trajectories and row sampling (default 0)")
+    c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    c.add_argument("--out", type=Path, required=True, help="record folder to write")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_calibrate)
 
     e = sub.add_parser("eval", help="class accuracy and Fréchet distance of digits samples")
     e.add_argument("--samples", type=Path, required=True, help=".npz from `tqdit sample --save-npz`")

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from calibration.sites import MatMul  # marks Q·Kᵀ and A·V as quantization sites
+
 CONFIG_VERSION = 1
 
 
@@ -88,13 +90,6 @@ class DiTConfig:
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation: x * (1 + scale) + shift, broadcast over tokens."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
-
-class MatMul(nn.Module):
-    """An activation-by-activation GEMM as a module, so quantizers can wrap its operands."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a @ b
 
 
 class PatchEmbed(nn.Module):

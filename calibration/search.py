@@ -1,0 +1,128 @@
+"""Scale search: Hessian-guided (HO), plain MSE, and the min-max / percentile rules.
+
+HO (TQ-DiT, after PTQ4ViT): a candidate scale is scored by the layer-output error weighted
+by the diagonal Fisher approximation of the Hessian,
+    err(s) = sum( (dL/dO)^2 * (O - Ô(s))^2 ),
+where O is the float output, Ô the output with quantized operands, and dL/dO the gradient of
+a task loss at that output. Candidates are s = (alpha + i (beta - alpha) / n) * s0,
+i = 0..n, with s0 = max|x| / (2^(b-1) - 0.5). MSE search is the same with weights 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .quantizers import (
+    fake_quant,
+    fake_quant_gelu_mrq,
+    fake_quant_softmax_mrq,
+    initial_scale,
+    minmax_scale,
+)
+
+METHODS = ("tqdit", "minmax", "percentile", "mse")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Candidate multipliers of s0 (paper: alpha 0.01, beta 1.2, n 100) and softmax boundaries 2^-i."""
+
+    alpha: float = 0.01
+    beta: float = 1.2
+    n: int = 100
+    softmax_exponents: int = 20  # r = 2^-i for i = 0..19
+
+    def multipliers(self) -> torch.Tensor:
+        return torch.tensor([self.alpha + i * (self.beta - self.alpha) / self.n for i in range(self.n + 1)])
+
+
+def weighted_error(o: torch.Tensor, o_hat: torch.Tensor, weight: torch.Tensor | None,
+                   channel_dim: int | None = None) -> torch.Tensor:
+    """sum(weight * (o - o_hat)^2): a scalar, or one value per channel along `channel_dim`."""
+    e = (o - o_hat) ** 2
+    if channel_dim is None:
+        # A loss that does not reach this output (all-zero Fisher weights) would make every
+        # candidate tie at 0 and pick the smallest scale: fall back to the plain error.
+        return e.sum() if weight is None or not weight.any() else (e * weight).sum()
+    dims = [d for d in range(e.dim()) if d != channel_dim % e.dim()]
+    plain = e.sum(dim=dims)
+    if weight is None:
+        return plain
+    weighted = (e * weight).sum(dim=dims)
+    reached = weight.sum(dim=dims) > 0  # per channel, as above
+    return torch.where(reached, weighted, plain)
+
+
+def activation_quantizer(region: str, bits: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """x, parameter -> fake-quantized x. The parameter is the scale (uniform), the positive
+    region's scale (gelu) or the boundary r (softmax)."""
+    if region == "softmax":
+        return lambda x, r: fake_quant_softmax_mrq(x, r, bits)
+    if region == "gelu":
+        return lambda x, s: fake_quant_gelu_mrq(x, s, bits)
+    return lambda x, s: fake_quant(x, s, bits)
+
+
+def activation_candidates(region: str, x_absmax: torch.Tensor, bits: int, space: SearchSpace) -> torch.Tensor:
+    """The parameters the search tries for one activation operand."""
+    if region == "softmax":
+        return torch.tensor([2.0**-i for i in range(space.softmax_exponents)])
+    return space.multipliers() * initial_scale(x_absmax, bits)
+
+
+def search_activation(
+    x: torch.Tensor,
+    region: str,
+    bits: int,
+    x_absmax: torch.Tensor,
+    output_of: Callable[[torch.Tensor], torch.Tensor],
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    space: SearchSpace,
+) -> torch.Tensor:
+    """Best parameter for one activation operand: argmin of the (weighted) output error.
+
+    `output_of(x_hat)` computes the layer output from a quantized operand (the other operand
+    already quantized); `target` is the float output.
+    """
+    quant = activation_quantizer(region, bits)
+    candidates = activation_candidates(region, x_absmax, bits, space)
+    errors = torch.stack([weighted_error(target, output_of(quant(x, c)), weight) for c in candidates])
+    return candidates[int(torch.argmin(errors))]
+
+
+def search_weight_per_channel(
+    w: torch.Tensor,
+    bits: int,
+    x_hat: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    space: SearchSpace,
+) -> torch.Tensor:
+    """Per-output-channel weight scales (out,) minimising the (weighted) output error.
+
+    Output channel c depends only on row c of the weight, so every channel picks its own
+    candidate from one pass over the candidates.
+    """
+    s0 = initial_scale(w.abs().amax(dim=1), bits)  # (out,)
+    best_err = torch.full_like(s0, float("inf"))
+    best = s0.clone()
+    for m in space.multipliers():
+        s = m * s0
+        o_hat = x_hat @ fake_quant(w, s, bits, axis=0).T
+        err = weighted_error(target, o_hat, weight, channel_dim=-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s, best)
+    return best
+
+
+def rule_scale(method: str, x_absmax: torch.Tensor, x_percentile: torch.Tensor, bits: int) -> torch.Tensor:
+    """Scales of the baselines that need no search: min-max and percentile clipping."""
+    if method == "minmax":
+        return minmax_scale(x_absmax, bits)
+    if method == "percentile":
+        return minmax_scale(x_percentile, bits)
+    raise ValueError(f"method {method!r} has no closed-form scale")

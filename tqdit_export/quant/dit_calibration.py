@@ -1,0 +1,147 @@
+"""Calibrating a DiT with `calibration/`: which GEMMs, which data, which loss.
+
+Sites (as the TQ-DiT public code): in every block the inputs and weights of qkv, proj,
+fc1, fc2, both operands of Q·Kᵀ and A·V, and the final linear. MRQ on A (post-softmax,
+operand `a` of A·V) and on the fc2 input (post-GELU). adaLN modulation and the embedders
+stay in float.
+
+Calibration data: FP sampling trajectories with the inference settings (DDPM, CFG), one
+(x_t, t, y) per trajectory and time group, picked at random within the group from a seed.
+The HO loss is the denoising loss against the true noise, where the "true" noise of a
+trajectory point is the one that maps the trajectory's final sample x0 to x_t:
+eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t). Its gradients are not zero (the public
+code's KL-to-FP loss with FP inputs has dL/dO ~ 0 and degenerates the weighting).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+import torch.nn as nn
+
+from calibration.calibrate import CalibrationConfig, GroupData, calibrate, quantize_model
+from calibration.record import CalibrationRecord
+from calibration.sites import Site, find_sites
+from calibration.time_groups import TimeGroups
+
+from ..diffusion import NUM_TRAIN_TIMESTEPS, GaussianDiffusion, SamplerConfig, linear_betas, sample
+from ..models.dit import DiT
+
+SITE_PATTERN = r"blocks\.\d+\.(attn\.(qkv|proj|matmul_qk|matmul_av)|mlp\.(fc1|fc2))|final_layer\.linear"
+MRQ_SITES = {
+    r"blocks\.\d+\.attn\.matmul_av": ("a", "softmax"),
+    r"blocks\.\d+\.mlp\.fc2": ("input", "gelu"),
+}
+BITS_PRESETS = {"W8A8": (8, 8), "W6A6": (6, 6), "W4A8": (4, 8)}
+
+
+def parse_bits(text: str) -> tuple[int, int]:
+    """'W8A8' -> (8, 8); any WxAy with x, y in 4..8."""
+    m = re.fullmatch(r"W([4-8])A([4-8])", text.upper())
+    if not m:
+        raise ValueError(f"--bits {text!r}: expected WxAy with widths 4..8, e.g. {', '.join(BITS_PRESETS)}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def dit_sites(model: DiT, exclude: str | None = None) -> list[Site]:
+    """The quantization sites of a DiT, MRQ regions marked (the config decides whether MRQ is used)."""
+    return find_sites(model, SITE_PATTERN, exclude=exclude, mrq=MRQ_SITES)
+
+
+_TRAIN_DIFFUSION = GaussianDiffusion(linear_betas(NUM_TRAIN_TIMESTEPS))
+
+
+def denoising_loss(output: torch.Tensor, target: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The DiT training loss (MSE on epsilon + variational bound on the learned variance), summed.
+
+    `target` = (true noise, x0, x_t, t). The bound gives the variance channels real
+    gradients; the epsilon MSE alone leaves them at zero.
+    """
+    noise, x0, x_t, t = target
+    return _TRAIN_DIFFUSION.training_loss(output, x0, x_t, t, noise).sum()
+
+
+@torch.no_grad()
+def collect_calibration_data(
+    model: DiT,
+    time_groups: TimeGroups,
+    samples_per_group: int,
+    seed: int = 0,
+    cfg_scale: float = 1.5,
+    steps: int = 100,
+    clip_denoised: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[GroupData]:
+    """Per time group, `samples_per_group` FP trajectory points (doubled for CFG, as at inference)."""
+    cfg = model.config
+    n = samples_per_group
+    labels = torch.arange(n) % cfg.num_classes
+    trajectory: list[tuple[int, torch.Tensor]] = []
+    dev_model = model.to(device)
+
+    def denoiser(x, t, y):
+        return dev_model(x.to(device), t.to(device), y.to(device))
+
+    x0 = sample(denoiser, labels, (cfg.in_channels, cfg.input_size, cfg.input_size),
+                SamplerConfig("ddpm", steps, cfg_scale, clip_denoised), model.null_class, seed=seed,
+                progress=progress, on_step=lambda t, x, y: trajectory.append((t, x.clone())))
+    abar = _TRAIN_DIFFUSION.alphas_cumprod
+    gen = torch.Generator().manual_seed(seed + 1)
+    data = []
+    for g in range(time_groups.num_groups):
+        lo, hi = time_groups.timestep_range(g)
+        in_group = [i for i, (t, _) in enumerate(trajectory) if lo <= t < hi]
+        if not in_group:
+            raise ValueError(f"time group {g} ({lo}..{hi - 1}) has no step of a {steps}-step trajectory; "
+                             "use more trajectory steps or fewer groups")
+        pick = torch.tensor(in_group)[torch.randint(len(in_group), (n,), generator=gen)]
+        x_t = torch.stack([trajectory[int(p)][1][i] for i, p in enumerate(pick)])
+        t = torch.tensor([trajectory[int(p)][0] for p in pick], dtype=torch.long)
+        a = abar[t].float().view(-1, 1, 1, 1)
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        null = torch.full_like(labels, model.null_class)
+        inputs = (torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+        target = (torch.cat([eps, eps]), torch.cat([x0, x0]), inputs[0], inputs[1])
+        data.append(GroupData(tuple(v.to(device) for v in inputs), tuple(v.to(device) for v in target)))
+    return data
+
+
+def calibrate_dit(
+    model: DiT,
+    config: CalibrationConfig,
+    samples_per_group: int = 32,
+    cfg_scale: float = 1.5,
+    trajectory_steps: int = 100,
+    clip_denoised: bool = False,
+    exclude: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> CalibrationRecord:
+    """Calibrate a DiT end to end: trajectories -> per-group data -> search -> record."""
+    groups = TimeGroups.uniform(config.num_groups, NUM_TRAIN_TIMESTEPS)
+    data = collect_calibration_data(model, groups, samples_per_group, config.seed, cfg_scale, trajectory_steps,
+                                    clip_denoised, device, progress)
+    record = calibrate(model, dit_sites(model, exclude), data, denoising_loss, config, groups,
+                       dataclasses.asdict(model.config), progress)
+    record.method.update({"samples_per_group": samples_per_group, "cfg_scale": cfg_scale,
+                          "trajectory_steps": trajectory_steps})
+    return record
+
+
+class FakeQuantBackend:
+    """The fake-quant reference backend: picks each call's time group from its timestep."""
+
+    name = "torch-fakequant"
+
+    def __init__(self, model: nn.Module, record: CalibrationRecord, device: str = "cpu") -> None:
+        qmodel, self.selector = quantize_model(model, record)
+        self.model = qmodel.to(device).eval()
+        self.groups = record.time_groups
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.selector.set(self.groups.group_of(t))
+        return self.model(x.to(self.device), t.to(self.device), y.to(self.device))
