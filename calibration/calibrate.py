@@ -137,7 +137,7 @@ def _capture(model: nn.Module, sites: list[Site], batch: GroupData, loss_fn, cfg
         entry = raw[site.name]
         ops, grad = entry["operands"], entry["grad"]
         absmax = {n: x.abs().amax() if site.region(n) != "gelu" else x.clamp(min=0).amax() for n, x in ops.items()}
-        pct = {n: _percentile(x, cfg.percentile, gen) for n, x in ops.items()}
+        pct = {n: _percentile(x, cfg.percentile, gen) for n, x in ops.items()} if cfg.method == "percentile" else {}
         if site.kind == "linear":
             rows = ops["input"].reshape(-1, ops["input"].shape[-1])
             grad = grad.reshape(-1, grad.shape[-1])
@@ -221,7 +221,7 @@ class _Searcher:
             for op in s.activation_operands:
                 region = s.region(op)
                 if cfg.method in ("minmax", "percentile"):
-                    params = [rule_scale(cfg.method, c[s.name].absmax[op], c[s.name].percentile[op], self.ab)
+                    params = [rule_scale(cfg.method, c[s.name].absmax[op], c[s.name].percentile.get(op), self.ab)
                               for c in caps]
                 elif region == "softmax":
                     params = [torch.tensor(2.0**-4) for _ in caps]

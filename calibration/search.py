@@ -38,21 +38,31 @@ class SearchSpace:
         return torch.tensor([self.alpha + i * (self.beta - self.alpha) / self.n for i in range(self.n + 1)])
 
 
+def fisher_or_plain(weight: torch.Tensor | None, channel_dim: int | None = None) -> torch.Tensor | None:
+    """The Fisher weights to use, with a fallback where the loss does not reach the output.
+
+    All-zero weights would make every candidate tie at 0 and pick the smallest scale, so
+    they become plain (unweighted) error: for the whole tensor, or per channel along
+    `channel_dim` (e.g. output channels that the loss ignores).
+    """
+    if weight is None:
+        return None
+    if channel_dim is None:
+        return weight if weight.any() else None
+    dims = [d for d in range(weight.dim()) if d != channel_dim % weight.dim()]
+    reached = weight.sum(dim=dims, keepdim=True) > 0
+    return torch.where(reached, weight, torch.ones_like(weight))
+
+
 def weighted_error(o: torch.Tensor, o_hat: torch.Tensor, weight: torch.Tensor | None,
                    channel_dim: int | None = None) -> torch.Tensor:
     """sum(weight * (o - o_hat)^2): a scalar, or one value per channel along `channel_dim`."""
     e = (o - o_hat) ** 2
+    if weight is not None:
+        e = e * weight
     if channel_dim is None:
-        # A loss that does not reach this output (all-zero Fisher weights) would make every
-        # candidate tie at 0 and pick the smallest scale: fall back to the plain error.
-        return e.sum() if weight is None or not weight.any() else (e * weight).sum()
-    dims = [d for d in range(e.dim()) if d != channel_dim % e.dim()]
-    plain = e.sum(dim=dims)
-    if weight is None:
-        return plain
-    weighted = (e * weight).sum(dim=dims)
-    reached = weight.sum(dim=dims) > 0  # per channel, as above
-    return torch.where(reached, weighted, plain)
+        return e.sum()
+    return e.sum(dim=[d for d in range(e.dim()) if d != channel_dim % e.dim()])
 
 
 def activation_quantizer(region: str, bits: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -89,6 +99,7 @@ def search_activation(
     """
     quant = activation_quantizer(region, bits)
     candidates = activation_candidates(region, x_absmax, bits, space)
+    weight = fisher_or_plain(weight)
     errors = torch.stack([weighted_error(target, output_of(quant(x, c)), weight) for c in candidates])
     return candidates[int(torch.argmin(errors))]
 
@@ -107,6 +118,7 @@ def search_weight_per_channel(
     candidate from one pass over the candidates.
     """
     s0 = initial_scale(w.abs().amax(dim=1), bits)  # (out,)
+    weight = fisher_or_plain(weight, channel_dim=-1)
     best_err = torch.full_like(s0, float("inf"))
     best = s0.clone()
     for m in space.multipliers():
@@ -119,7 +131,7 @@ def search_weight_per_channel(
     return best
 
 
-def rule_scale(method: str, x_absmax: torch.Tensor, x_percentile: torch.Tensor, bits: int) -> torch.Tensor:
+def rule_scale(method: str, x_absmax: torch.Tensor, x_percentile: torch.Tensor | None, bits: int) -> torch.Tensor:
     """Scales of the baselines that need no search: min-max and percentile clipping."""
     if method == "minmax":
         return minmax_scale(x_absmax, bits)

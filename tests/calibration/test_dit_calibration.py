@@ -99,6 +99,11 @@ def test_ablation_switches(model):
     assert minmax.method["method"] == "minmax" and not any(k.endswith("boundary") for k in minmax.tensors)
     w = model.get_submodule("blocks.0.mlp.fc1").weight
     torch.testing.assert_close(minmax.tensor("blocks.0.mlp.fc1", "weight", "scale"), w.abs().amax(1) / 127)
+    pct = calibrate_dit(model, CalibrationConfig(num_groups=4, method="percentile", tgq=False, percentile=99.0),
+                        **FAST)
+    act = [k for k in pct.tensors if k.endswith("input.scale")]
+    assert all((pct.tensors[k] <= minmax.tensors[k]).all() for k in act)
+    assert any((pct.tensors[k] < minmax.tensors[k]).any() for k in act)
 
 
 def test_ho_gradients_are_nonzero_and_change_the_scales(model):

@@ -11,7 +11,7 @@ from calibration.quantizers import (
     qrange,
     softmax_mrq_scales,
 )
-from calibration.search import SearchSpace, search_activation, weighted_error
+from calibration.search import SearchSpace, fisher_or_plain, search_activation, weighted_error
 from calibration.time_groups import TimeGroups
 
 
@@ -101,6 +101,10 @@ def test_zero_fisher_weights_fall_back_to_the_plain_error():
     o, o_hat = torch.ones(4, 3), torch.zeros(4, 3)
     weight = torch.zeros(4, 3)
     weight[:, 0] = 2.0
-    per_channel = weighted_error(o, o_hat, weight, channel_dim=-1)
+    per_channel = weighted_error(o, o_hat, fisher_or_plain(weight, channel_dim=-1), channel_dim=-1)
     assert per_channel.tolist() == [8.0, 4.0, 4.0]
-    assert weighted_error(o, o_hat, torch.zeros(4, 3)) == 12.0
+    assert fisher_or_plain(torch.zeros(4, 3)) is None
+    # A search whose loss never reaches the output does not collapse to the smallest candidate.
+    x = torch.linspace(-1, 1, 64).view(1, 64)
+    best = search_activation(x, "uniform", 8, x.abs().max(), lambda xh: xh, x, torch.zeros(1, 64), SearchSpace())
+    assert best > 0.5 / 127

@@ -1,0 +1,171 @@
+"""Quality of TQ-DiT against FP and baselines on the bundled model (the calibration issue's table).
+
+    python benchmarks/quality.py                       # everything (hours on 2 CPU cores)
+    python benchmarks/quality.py --bits W8A8 --rows fp minmax tqdit --steps 100 --seeds 0
+
+Rows: fp; minmax (one scale for all timesteps, no MRQ/HO); tqdit (TGQ + MRQ + HO);
+no-tgq, no-mrq, no-ho (TQ-DiT with one part switched off). For every (row, bits, sampler
+steps, seed) it samples `--num` digits (balanced classes, cfg 1.5) from the same noise as
+the FP row and reports FD, class accuracy, paired PSNR vs FP, and the calibration wall
+time and peak memory (each calibration runs in its own process, so its peak RSS is its own).
+
+Resumable: results accumulate in benchmarks/results/quality.json; a rerun skips the
+(row, bits, steps, seed) cells already there, so the table can be filled over several runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calibration.record import CalibrationRecord
+from tqdit_export.diffusion import SamplerConfig, sample
+from tqdit_export.engines import TorchBackend
+from tqdit_export.eval import evaluate_digits, paired_psnr
+from tqdit_export.io import atomic_output, write_json
+from tqdit_export.models import resolve_model
+from tqdit_export.quant import FakeQuantBackend
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROWS = {
+    "fp": None,
+    "minmax": ["--method", "minmax", "--no-tgq"],
+    "tqdit": [],
+    "no-tgq": ["--no-tgq"],
+    "no-mrq": ["--no-mrq"],
+    "no-ho": ["--no-ho"],
+}
+
+
+def calibrate(model: str, row: str, bits: str, workdir: Path) -> tuple[Path, dict]:
+    """Calibrate in a fresh process (cached in workdir); returns the record and its cost."""
+    out = workdir / f"{row}_{bits}"
+    cost_file = out.with_suffix(".cost.json")
+    if out.exists() and cost_file.exists():
+        return out, json.loads(cost_file.read_text())
+    cmd = [sys.executable, "-m", "tqdit_export.cli", "calibrate", "--model", model, "--bits", bits,
+           "--out", str(out), "--quiet", *ROWS[row]]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"calibration failed: {' '.join(cmd)}\n{proc.stderr}")
+    m = re.search(r"\): ([\d.]+) s, peak RSS (\d+) MiB", proc.stdout)
+    cost = {"calib_seconds": float(m.group(1)), "calib_peak_rss_mib": int(m.group(2))}
+    cost_file.write_text(json.dumps(cost))
+    return out, cost
+
+
+def draw(backend, num: int, steps: int, seed: int, num_classes: int, null_class: int) -> tuple[np.ndarray, np.ndarray]:
+    labels = torch.arange(num) % num_classes
+    labels = labels.sort().values
+    x = sample(backend, labels, (1, 8, 8), SamplerConfig("ddpm", steps, 1.5, clip_denoised=True), null_class,
+               seed=seed, progress=False)
+    return x.numpy(), labels.numpy()
+
+
+def write_tables(results: dict, out: Path) -> None:
+    write_json(out.with_suffix(".json"), results)
+    cells = results["cells"]
+    lines = [f"# TQ-DiT quality on `{results['model']}`", "",
+             f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
+             f"DDPM, cfg 1.5, {results['num']} samples per cell (50 per class), same noise for every row. "
+             "FD: Fréchet distance to the held-out digits (bundled classifier features; lower is better); "
+             "PSNR: paired with the FP samples of the same noise. Mean ± std over seeds where there are several.",
+             "", "| bits | row | steps | seeds | FD | accuracy | PSNR vs FP (dB) | calib s | calib peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(vals: list[float], digits: int) -> str:
+        if len(vals) == 1:
+            return f"{vals[0]:.{digits}f}"
+        return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+    steps_order = {100: 0, 250: 1, 50: 2}
+    keys = sorted({(c["bits"], c["row"], c["steps"]) for c in cells},
+                  key=lambda k: (k[0] != "FP", k[0], list(ROWS).index(k[1]), steps_order.get(k[2], k[2])))
+    for bits, row, steps in keys:
+        group = [c for c in cells if (c["bits"], c["row"], c["steps"]) == (bits, row, steps)]
+        psnr = [c["psnr_vs_fp"] for c in group if c["psnr_vs_fp"] is not None]
+        lines.append(
+            f"| {bits} | {row} | {steps} | {len(group)} | {fmt([c['fd'] for c in group], 3)} | "
+            f"{fmt([c['accuracy'] for c in group], 3)} | {fmt(psnr, 2) if psnr else '—'} | "
+            f"{group[0].get('calib_seconds', '—')} | {group[0].get('calib_peak_rss_mib', '—')} |")
+    lines += ["", f"Real-data reference FD at this sample count: {fmt([c['fd_reference'] for c in cells], 3)}."]
+    with atomic_output(out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="dit-digits")
+    p.add_argument("--bits", nargs="+", default=["W8A8", "W6A6", "W4A8"])
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    p.add_argument("--steps", type=int, nargs="+", default=[100, 250, 50])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds at 100 steps (others: first)")
+    p.add_argument("--num", type=int, default=500)
+    p.add_argument("--out", type=Path, default=RESULTS / "quality")
+    p.add_argument("--workdir", type=Path, default=Path("runs/quality"))
+    args = p.parse_args(argv)
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    resolved = resolve_model(args.model)
+    model = resolved.model
+    json_path = args.out.with_suffix(".json")
+    results = json.loads(json_path.read_text()) if json_path.exists() else {"cells": []}
+    results.update({"model": args.model, "num": args.num,
+                    "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"})
+    done = {(c["row"], c["bits"], c["steps"], c["seed"]) for c in results["cells"]}
+    fp_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def fp_samples(steps: int, seed: int) -> np.ndarray:
+        path = args.workdir / f"fp_{steps}_{seed}_{args.num}.npy"
+        if (steps, seed) not in fp_cache:
+            if path.exists():
+                fp_cache[(steps, seed)] = np.load(path)
+            else:
+                fp_cache[(steps, seed)] = draw(TorchBackend(model), args.num, steps, seed, 10, model.null_class)[0]
+                np.save(path, fp_cache[(steps, seed)])
+        return fp_cache[(steps, seed)]
+
+    for bits in args.bits:
+        for row in args.rows:
+            cost = {}
+            backend = TorchBackend(model)
+            if row != "fp":
+                record_dir, cost = calibrate(args.model, row, bits, args.workdir)
+                backend = FakeQuantBackend(model, CalibrationRecord.load(record_dir, model))
+            for steps in args.steps:
+                for seed in args.seeds if steps == 100 else args.seeds[:1]:
+                    cell_bits = "FP" if row == "fp" else bits
+                    if (row, cell_bits, steps, seed) in done:
+                        continue
+                    start = time.perf_counter()
+                    if row == "fp":
+                        images = fp_samples(steps, seed)
+                        labels = (np.arange(args.num) % 10)
+                        labels.sort()
+                    else:
+                        images, labels = draw(backend, args.num, steps, seed, 10, model.null_class)
+                    metrics = evaluate_digits(images, labels, seed=seed)
+                    psnr = None if row == "fp" else paired_psnr(images, fp_samples(steps, seed))
+                    cell = {"row": row, "bits": cell_bits, "steps": steps, "seed": seed, "fd": metrics["fd"],
+                            "fd_reference": metrics["fd_reference"], "accuracy": metrics["accuracy"],
+                            "psnr_vs_fp": psnr, "sample_seconds": round(time.perf_counter() - start, 1), **cost}
+                    results["cells"].append(cell)
+                    done.add((row, cell_bits, steps, seed))
+                    print(json.dumps(cell), flush=True)
+                    write_tables(results, args.out)
+    write_tables(results, args.out)
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
