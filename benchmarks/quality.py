@@ -11,6 +11,8 @@ time and peak memory (each calibration runs in its own process, so its peak RSS 
 
 Resumable: results accumulate in benchmarks/results/quality.json; a rerun skips the
 (row, bits, steps, seed) cells already there, so the table can be filled over several runs.
+FP samples are cached as `{workdir}/fp_ddpm{steps}_seed{seed}_n{num}.npz`, the format of
+`tqdit sample --save-npz`: the same command line fills that cache (same noise, same images).
 """
 from __future__ import annotations
 
@@ -28,10 +30,11 @@ import numpy as np
 import torch
 
 from calibration.record import CalibrationRecord
+from tqdit_export.cli import balanced_labels
 from tqdit_export.diffusion import SamplerConfig, sample
 from tqdit_export.engines import TorchBackend
 from tqdit_export.eval import evaluate_digits, paired_psnr
-from tqdit_export.io import atomic_output, write_json
+from tqdit_export.io import atomic_output, load_samples, save_samples, write_json
 from tqdit_export.models import resolve_model
 from tqdit_export.quant import FakeQuantBackend
 
@@ -64,8 +67,8 @@ def calibrate(model: str, row: str, bits: str, workdir: Path) -> tuple[Path, dic
 
 
 def draw(backend, num: int, steps: int, seed: int, num_classes: int, null_class: int) -> tuple[np.ndarray, np.ndarray]:
-    labels = torch.arange(num) % num_classes
-    labels = labels.sort().values
+    """`num` samples exactly as `tqdit sample --num num --seed seed` draws them (one batch)."""
+    labels = balanced_labels(num, num_classes)
     x = sample(backend, labels, (1, 8, 8), SamplerConfig("ddpm", steps, 1.5, clip_denoised=True), null_class,
                seed=seed, progress=False)
     return x.numpy(), labels.numpy()
@@ -76,11 +79,11 @@ def write_tables(results: dict, out: Path) -> None:
     cells = results["cells"]
     lines = [f"# TQ-DiT quality on `{results['model']}`", "",
              f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
-             f"DDPM, cfg 1.5, {results['num']} samples per cell (50 per class), same noise for every row. "
+             f"DDPM, cfg 1.5, {results['num']} samples per cell ({results['num'] // 10} per class), same noise for every row. "
              "FD: Fréchet distance to the held-out digits (bundled classifier features; lower is better); "
              "PSNR: paired with the FP samples of the same noise. Mean ± std over seeds where there are several.",
-             "", "| bits | row | steps | seeds | FD | accuracy | PSNR vs FP (dB) | calib s | calib peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| bits | row | steps | seeds | FD | FD reference | accuracy | PSNR vs FP (dB) | calib s | "
+             "calib peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(vals: list[float], digits: int) -> str:
         if len(vals) == 1:
@@ -95,9 +98,11 @@ def write_tables(results: dict, out: Path) -> None:
         psnr = [c["psnr_vs_fp"] for c in group if c["psnr_vs_fp"] is not None]
         lines.append(
             f"| {bits} | {row} | {steps} | {len(group)} | {fmt([c['fd'] for c in group], 3)} | "
+            f"{fmt([c['fd_reference'] for c in group], 3)} | "
             f"{fmt([c['accuracy'] for c in group], 3)} | {fmt(psnr, 2) if psnr else '—'} | "
             f"{group[0].get('calib_seconds', '—')} | {group[0].get('calib_peak_rss_mib', '—')} |")
-    lines += ["", f"Real-data reference FD at this sample count: {fmt([c['fd_reference'] for c in cells], 3)}."]
+    lines += ["", "FD reference: real train digits (as many as the samples) vs the held-out set, with the "
+              "cell's seed choosing the draw: what a perfect generator would score."]
     with atomic_output(out.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 
@@ -126,13 +131,15 @@ def main(argv: list[str] | None = None) -> None:
     fp_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def fp_samples(steps: int, seed: int) -> np.ndarray:
-        path = args.workdir / f"fp_{steps}_{seed}_{args.num}.npy"
+        path = args.workdir / f"fp_ddpm{steps}_seed{seed}_n{args.num}.npz"
         if (steps, seed) not in fp_cache:
             if path.exists():
-                fp_cache[(steps, seed)] = np.load(path)
+                fp_cache[(steps, seed)] = load_samples(path)[0]
             else:
-                fp_cache[(steps, seed)] = draw(TorchBackend(model), args.num, steps, seed, 10, model.null_class)[0]
-                np.save(path, fp_cache[(steps, seed)])
+                images, labels = draw(TorchBackend(model), args.num, steps, seed, 10, model.null_class)
+                save_samples(path, images, labels, {"model": args.model, "dataset": "digits", "steps": steps,
+                                                    "seed": seed, "sampler": "ddpm", "cfg": 1.5})
+                fp_cache[(steps, seed)] = images
         return fp_cache[(steps, seed)]
 
     for bits in args.bits:
@@ -149,9 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                         continue
                     start = time.perf_counter()
                     if row == "fp":
-                        images = fp_samples(steps, seed)
-                        labels = (np.arange(args.num) % 10)
-                        labels.sort()
+                        images, labels = fp_samples(steps, seed), balanced_labels(args.num, 10).numpy()
                     else:
                         images, labels = draw(backend, args.num, steps, seed, 10, model.null_class)
                     metrics = evaluate_digits(images, labels, seed=seed)
