@@ -73,6 +73,21 @@ def test_calibrate_then_sample_with_the_record(tiny_checkpoint, tmp_path, capsys
     assert meta["backend"] == "torch-fakequant" and np.isfinite(images).all()
 
 
+def test_export_then_sample_with_onnx_runtime(tiny_checkpoint, tmp_path, capsys):
+    rec, onnx_dir, npz = tmp_path / "rec", tmp_path / "onnx", tmp_path / "ort.npz"
+    assert main(["calibrate", "--model", str(tiny_checkpoint), "--groups", "2", "--samples-per-group", "2",
+                 "--trajectory-steps", "10", "--rounds", "1", "--out", str(rec), "--quiet", "--device", "cpu"]) == 0
+    assert main(["export", "--model", str(tiny_checkpoint), "--record", str(rec), "--out", str(onnx_dir),
+                 "--fp32"]) == 0
+    assert "exported 2 per-group graphs + fp32" in capsys.readouterr().out
+    assert main(["sample", "--model", str(tiny_checkpoint), "--record", str(rec), "--backend", "ort", "--onnx",
+                 str(onnx_dir), "--steps", "4", "--num", "4", "--save-npz", str(npz), "--quiet"]) == 0
+    images, _, meta = load_samples(npz)
+    assert meta["backend"] == "ort" and np.isfinite(images).all()
+    with pytest.raises(SystemExit, match="--onnx DIR"):
+        main(["sample", "--model", str(tiny_checkpoint), "--backend", "ort", "--save-npz", str(npz)])
+
+
 def test_calibrate_rejects_bad_bits(tiny_checkpoint, tmp_path, capsys):
     assert main(["calibrate", "--model", str(tiny_checkpoint), "--bits", "W3A8", "--out", str(tmp_path / "r")]) == 2
     assert "W3A8" in capsys.readouterr().err

@@ -35,8 +35,35 @@ def _device(name: str) -> str:
     return name
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def make_backend(args: argparse.Namespace, model, device: str):
+    """The denoiser `sample` drives: torch (FP or fake-quant with --record) or ONNX Runtime."""
     from .engines import TorchBackend
+
+    if args.backend == "trt":
+        raise SystemExit("--backend trt: the TensorRT engine builder is not part of this release yet; "
+                         "use --backend ort (ONNX Runtime) or torch")
+    record = None
+    if args.record is not None:
+        from calibration.record import CalibrationRecord
+
+        record = CalibrationRecord.load(args.record, model)
+    if args.backend == "ort":
+        from .engines.ort_backend import OrtBackend
+
+        if args.onnx is None:
+            raise SystemExit("--backend ort needs --onnx DIR, a folder written by `tqdit export`")
+        backend = OrtBackend(args.onnx, threads=torch.get_num_threads(), fp32=record is None)
+        if record is not None and backend.manifest["model"]["weights_sha256"] != record.model_hash:
+            raise SystemExit(f"--onnx {args.onnx} was exported from another model than --record {args.record}")
+        return backend
+    if record is not None:
+        from .quant import FakeQuantBackend
+
+        return FakeQuantBackend(model, record, device)
+    return TorchBackend(model, device)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
     from .models import resolve_model
 
     if args.num < 1:
@@ -53,16 +80,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     config = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=resolved.pixel_space, eta=args.eta)
     labels = balanced_labels(args.num, cfg.num_classes, args.classes)
-    if args.record is not None:
-        from calibration.record import CalibrationRecord
-
-        from .quant import FakeQuantBackend
-
-        backend = FakeQuantBackend(resolved.model, CalibrationRecord.load(args.record, resolved.model), device)
-    else:
-        backend = TorchBackend(resolved.model, device)
+    backend = make_backend(args, resolved.model, device)
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     images = []
     batch = args.batch_size or args.num
@@ -120,6 +139,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from calibration.record import CalibrationRecord
+
+    from .models import resolve_model
+    from .onnx import export_per_group
+
+    if args.layout != "per-group":
+        raise SystemExit(f"--layout {args.layout}: only per-group is implemented in this release")
+    resolved = resolve_model(args.model)
+    record = CalibrationRecord.load(args.record, resolved.model)
+    reduce = {"auto": None, "on": True, "off": False}[args.reduce_range]
+    start = time.perf_counter()
+    manifest = export_per_group(resolved.model, record, args.out, fp32=args.fp32, weight_reduce_range=reduce)
+    size = sum(p.stat().st_size for p in Path(args.out).glob("*.onnx"))
+    print(f"exported {len(manifest['graphs'])} {manifest['layout']} graphs"
+          f"{' + fp32' if args.fp32 else ''} ({size / 2**20:.1f} MiB, weights in graph "
+          f"{manifest['bits']['weights_in_graph']}-bit) in {time.perf_counter() - start:.1f} s to {args.out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_digits
 
@@ -157,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="PNG grid, one row per class")
     s.add_argument("--save-npz", type=Path, default=None, help="write samples + labels for `tqdit eval`")
     s.add_argument("--record", type=Path, default=None,
-                   help="calibration record folder: sample with the fake-quant model (backend torch)")
+                   help="calibration record folder: sample the quantized model (torch: fake-quant)")
+    s.add_argument("--backend", choices=("torch", "ort", "trt"), default="torch",
+                   help="torch (FP, or fake-quant with --record) or ort (ONNX Runtime over --onnx)")
+    s.add_argument("--onnx", type=Path, default=None,
+                   help="export folder for --backend ort (its Q/DQ graphs with --record, else its fp32 graph)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 
@@ -179,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, required=True, help="record folder to write")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_calibrate)
+
+    x = sub.add_parser("export", help="calibrated model + record -> Q/DQ ONNX graphs + manifest")
+    x.add_argument("--model", default="dit-digits", help="the calibrated model (default dit-digits)")
+    x.add_argument("--record", type=Path, required=True, help="calibration record folder")
+    x.add_argument("--out", type=Path, required=True, help="export folder to write")
+    x.add_argument("--layout", choices=("per-group", "single"), default="per-group", help="default per-group")
+    x.add_argument("--fp32", action="store_true", help="also write the unquantized graph (speed/quality baseline)")
+    x.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
+                   help="7-bit weight codes for ONNX Runtime on CPUs without VNNI (auto: detect)")
+    x.set_defaults(func=cmd_export)
 
     e = sub.add_parser("eval", help="class accuracy and Fréchet distance of digits samples")
     e.add_argument("--samples", type=Path, required=True, help=".npz from `tqdit sample --save-npz`")

@@ -294,7 +294,7 @@ class DiT(nn.Module):
         c, p = self.out_channels, self.patch_size
         h = w = int(x.shape[1] ** 0.5)
         x = x.reshape(x.shape[0], h, w, p, p, c)
-        x = torch.einsum("nhwpqc->nchpwq", x)
+        x = x.permute(0, 5, 1, 3, 2, 4)  # nhwpqc -> nchpwq (the reference's einsum; exports as a Transpose)
         return x.reshape(x.shape[0], c, h * p, w * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

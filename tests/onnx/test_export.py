@@ -1,0 +1,127 @@
+"""Per-group Q/DQ ONNX export of a calibrated tiny DiT, run by ONNX Runtime's integer kernels."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from calibration.calibrate import CalibrationConfig
+from tqdit_export.diffusion import SamplerConfig, sample
+from tqdit_export.engines.ort_backend import OrtBackend
+from tqdit_export.models import DiT, dit_config
+from tqdit_export.onnx import export_per_group, qdq_model
+from tqdit_export.quant import FakeQuantBackend, calibrate_dit
+
+
+def _tiny() -> DiT:
+    torch.manual_seed(0)
+    model = DiT(dit_config("DiT-tiny"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "pos_embed":
+                p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _tiny()
+
+
+@pytest.fixture(scope="module", params=["W8A8", "W6A6"])
+def exported(request, model, tmp_path_factory):
+    w, a = (8, 8) if request.param == "W8A8" else (6, 6)
+    record = calibrate_dit(model, CalibrationConfig(w, a, num_groups=3, rounds=1), samples_per_group=4,
+                           trajectory_steps=20, progress=False)
+    out = tmp_path_factory.mktemp(request.param) / "export"
+    # 7-bit weights / B operands, as on CPUs without VNNI, so the test is the same on every CPU.
+    manifest = export_per_group(model, record, out, fp32=True, weight_reduce_range=True)
+    return record, out, manifest
+
+
+def _inputs(t):
+    torch.manual_seed(t)
+    return torch.randn(6, 1, 8, 8), torch.full((6,), t), torch.tensor([0, 4, 9, 10, 10, 10])
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_manifest_names_every_group_graph(exported):
+    record, out, manifest = exported
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert manifest["layout"] == "per-group" and len(manifest["graphs"]) == 3
+    assert [g["timesteps"] for g in manifest["graphs"]] == [[0, 333], [333, 667], [667, 1000]]
+    assert all((out / g["file"]).exists() for g in manifest["graphs"]) and (out / "fp32.onnx").exists()
+
+
+def test_graphs_hold_explicit_symmetric_qdq_and_int8_weights(exported):
+    _, out, manifest = exported
+    graph = onnx.load(str(out / manifest["graphs"][0]["file"])).graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    producer = {o: n for n in graph.node for o in n.output}
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 20
+    for node in qdq:
+        scale, zp = consts[node.input[1]], consts[node.input[2]]
+        assert (scale > 0).all() and (zp == 0).all() and zp.dtype == np.int8
+    weight_dq = [n for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in consts]
+    assert weight_dq and all(consts[n.input[0]].dtype == np.int8 for n in weight_dq)
+    assert all(a.i == 1 for n in weight_dq for a in n.attribute if a.name == "axis")
+    # Every quantized MatMul reads both operands straight from a DequantizeLinear.
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and any(
+        producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)]
+    assert len(matmuls) >= 2 * 6 + 1
+    assert all(producer[i].op_type == "DequantizeLinear" for n in matmuls for i in n.input)
+
+
+@pytest.mark.parametrize("t", [10, 400, 900])
+def test_ort_int8_matches_the_torch_reference_per_group(exported, model, t):
+    record, out, _ = exported
+    backend = OrtBackend(out, threads=1)
+    x, tt, y = _inputs(t)
+    g = record.time_groups.group_of(tt)
+    with torch.no_grad():
+        same_arithmetic = qdq_model(model, record, g, weight_reduce_range=True)(x, tt, y)
+        fake_quant = FakeQuantBackend(model, record)(x, tt, y)
+    got = backend(x, tt, y)
+    # Against the torch module of the same arithmetic, only rounding-tie and kernel
+    # differences remain; against the record's 8-bit fake quantization the reduced range
+    # adds its own error (this random model's outputs are small, which magnifies it).
+    assert _rel(got, same_arithmetic) < 5e-3
+    assert _rel(got, fake_quant) < 3e-2
+
+
+def test_fp32_graph_matches_torch(exported, model):
+    _, out, _ = exported
+    x, t, y = _inputs(3)
+    with torch.no_grad():
+        ref = model(x, t, y)
+    assert _rel(OrtBackend(out, threads=1, fp32=True)(x, t, y), ref) < 1e-5
+
+
+def test_sampling_over_ort_sessions_picks_the_group_of_each_step(exported):
+    record, out, _ = exported
+    backend = OrtBackend(out, threads=1)
+    used = []
+    original = backend.session_for
+    backend.session_for = lambda t: (used.append(record.time_groups.group_of(t)), original(t))[1]
+    images = sample(backend, torch.tensor([1, 2]), (1, 8, 8), SamplerConfig("ddim", 10), 10, progress=False)
+    assert torch.isfinite(images).all() and used == sorted(used, reverse=True) and set(used) == {0, 1, 2}
+
+
+def test_export_never_replaces_a_foreign_folder(exported, model, tmp_path):
+    record = exported[0]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a folder this tool wrote"):
+        export_per_group(model, record, foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]

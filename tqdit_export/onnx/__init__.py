@@ -1,0 +1,4 @@
+"""Q/DQ ONNX export of calibrated DiTs."""
+from .export import MANIFEST, cpu_has_vnni, export_onnx, export_per_group, qdq_model
+
+__all__ = ["MANIFEST", "cpu_has_vnni", "export_onnx", "export_per_group", "qdq_model"]

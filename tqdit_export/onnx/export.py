@@ -1,0 +1,137 @@
+"""Calibrated DiT + CalibrationRecord -> Q/DQ ONNX graphs and a manifest.
+
+Graph interface, the same for every layout: inputs `x` (N, C, H, W) float32, `t` (N,)
+int64 training timesteps, `y` (N,) int64 labels (the null class for the unconditional
+half); output `out` (N, 2C, H, W): epsilon and variance channels. The batch axis is dynamic.
+
+Layouts written so far:
+- `per-group`: G graphs, one per time group, each with that group's constant scales.
+The output folder holds `manifest.json` naming every graph, its layout and the training
+timestep range of each group, and is written atomically (a complete folder or none).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+import torch.nn as nn
+
+from calibration.quantizers import qrange
+from calibration.record import CalibrationRecord
+
+from ..io import atomic_folder
+from ..models.dit import DiT
+from .qdq import QDQLinear, QDQMatMul, activation_qdq
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+INT8_OPSET = 17  # ONNX Runtime refuses int8 Q/DQ graphs at opset >= 21 with optimizations on
+
+
+def cpu_has_vnni() -> bool:
+    """True when this CPU has AVX-VNNI or AVX512-VNNI (ORT's u8 x s8 kernel is exact with 8-bit weights)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def qdq_model(model: DiT, record: CalibrationRecord, group: int, weight_reduce_range: bool = False) -> nn.Module:
+    """A copy of `model` whose sites are Q/DQ export modules with the scales of time `group`.
+
+    `weight_reduce_range` keeps the clipping range of the weights, and of the second
+    operand of activation x activation GEMMs (the kernel's B side), but uses 7-bit codes
+    (step x 127/63): ONNX Runtime's u8 x s8 CPU kernel without VNNI adds pairs of products in
+    saturating int16, which full-range int8 B operands overflow.
+    """
+    record.check_model(model)
+    qmodel = copy.deepcopy(model).eval()
+    for site in record.sites:
+        module = qmodel.get_submodule(site.name)
+        if site.kind == "linear":
+            w_bits, w_scale = record.weight_bits, record.tensor(site.name, "weight", "scale")
+            if weight_reduce_range and w_bits == 8:
+                w_bits, w_scale = 7, w_scale * (qrange(8)[1] / qrange(7)[1])
+            new = QDQLinear(module, activation_qdq(record, site, "input", group), w_scale, w_bits)
+        else:
+            new = QDQMatMul(activation_qdq(record, site, "a", group),
+                            activation_qdq(record, site, "b", group, reduce_range=weight_reduce_range))
+        parent, _, child = site.name.rpartition(".")
+        setattr(qmodel.get_submodule(parent) if parent else qmodel, child, new)
+    return qmodel
+
+
+def _example_inputs(model: DiT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    c = model.config
+    return (torch.zeros(2, c.in_channels, c.input_size, c.input_size), torch.tensor([1, 1]),
+            torch.tensor([0, model.null_class]))
+
+
+def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8_OPSET) -> onnx.ModelProto:
+    """torch module -> ONNX file with the project's graph interface (x, t, y -> out; dynamic batch)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(
+            module, example, buf, dynamo=False, opset_version=opset, input_names=["x", "t", "y"],
+            output_names=["out"], dynamic_axes={n: {0: "batch"} for n in ("x", "t", "y", "out")},
+            do_constant_folding=True,
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return proto
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_per_group(model: DiT, record: CalibrationRecord, out_dir: str | Path, fp32: bool = False,
+                     weight_reduce_range: bool | None = None) -> dict:
+    """Write one Q/DQ graph per time group (+ `fp32.onnx` with `fp32`) and the manifest.
+
+    `weight_reduce_range=None` picks 7-bit weights when this CPU lacks VNNI (ORT CPU target).
+    Returns the manifest.
+    """
+    out_dir = Path(out_dir)
+    if weight_reduce_range is None:
+        weight_reduce_range = not cpu_has_vnni()
+    example = _example_inputs(model)
+    with atomic_folder(out_dir, MANIFEST) as tmp:
+        graphs = []
+        for g in range(record.time_groups.num_groups):
+            name = f"group_{g:02d}.onnx"
+            export_onnx(qdq_model(model, record, g, weight_reduce_range), example, tmp / name)
+            lo, hi = record.time_groups.timestep_range(g)
+            graphs.append({"file": name, "time_group": g, "timesteps": [lo, hi], "sha256": _sha256(tmp / name)})
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "layout": "per-group",
+            "opset": INT8_OPSET,
+            "inputs": {"x": "float32 (N,C,H,W)", "t": "int64 (N,) training timestep", "y": "int64 (N,) label"},
+            "outputs": {"out": "float32 (N,2C,H,W) epsilon | variance"},
+            "model": {"config": record.model_config, "weights_sha256": record.model_hash},
+            "bits": {"weights": record.weight_bits, "activations": record.activation_bits,
+                     "weights_in_graph": 7 if weight_reduce_range and record.weight_bits == 8 else record.weight_bits,
+                     "reduce_range": weight_reduce_range},
+            "time_groups": list(record.time_groups.edges),
+            "calibration": record.method,
+            "graphs": graphs,
+        }
+        if fp32:
+            export_onnx(copy.deepcopy(model).eval(), example, tmp / "fp32.onnx")
+            manifest["fp32"] = {"file": "fp32.onnx", "sha256": _sha256(tmp / "fp32.onnx")}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
