@@ -84,6 +84,8 @@ def test_export_then_sample_with_onnx_runtime(tiny_checkpoint, tmp_path, capsys)
                  str(onnx_dir), "--steps", "4", "--num", "4", "--save-npz", str(npz), "--quiet"]) == 0
     images, _, meta = load_samples(npz)
     assert meta["backend"] == "ort" and np.isfinite(images).all()
+    assert main(["lint", *map(str, sorted(onnx_dir.glob("*.onnx")))]) == 0
+    assert capsys.readouterr().out.count(": ok") == 3
     with pytest.raises(SystemExit, match="--onnx DIR"):
         main(["sample", "--model", str(tiny_checkpoint), "--backend", "ort", "--save-npz", str(npz)])
 
@@ -92,3 +94,19 @@ def test_calibrate_rejects_bad_bits(tiny_checkpoint, tmp_path, capsys):
     assert main(["calibrate", "--model", str(tiny_checkpoint), "--bits", "W3A8", "--out", str(tmp_path / "r")]) == 2
     assert "W3A8" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_lint_exits_nonzero_on_a_bad_graph(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    zp = numpy_helper.from_array(np.array(5, dtype=np.int8), "zp")
+    s = numpy_helper.from_array(np.array(0.1, dtype=np.float32), "s")
+    nodes = [helper.make_node("QuantizeLinear", ["X", "s", "zp"], ["q"], name="q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["Y"], name="dq")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])], [zp, s])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert main(["lint", str(path)]) == 1
+    assert "[zero-point] q" in capsys.readouterr().out

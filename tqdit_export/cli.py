@@ -159,6 +159,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lint(args: argparse.Namespace) -> int:
+    from .onnx.lint import lint_file
+
+    errors = 0
+    for path in args.files:
+        findings = lint_file(path)
+        errors += sum(f.severity == "error" for f in findings)
+        print(f"{path}: {'ok' if not findings else f'{len(findings)} finding(s)'}")
+        for f in findings:
+            print(f"  {f}")
+    return 1 if errors else 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_digits
 
@@ -232,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                    help="7-bit weight codes for ONNX Runtime on CPUs without VNNI (auto: detect)")
     x.set_defaults(func=cmd_export)
+
+    li = sub.add_parser("lint", help="report Q/DQ nodes TensorRT would reject or fail to fuse")
+    li.add_argument("files", nargs="+", type=Path, help="ONNX files")
+    li.set_defaults(func=cmd_lint)
 
     e = sub.add_parser("eval", help="class accuracy and Fréchet distance of digits samples")
     e.add_argument("--samples", type=Path, required=True, help=".npz from `tqdit sample --save-npz`")

@@ -27,6 +27,7 @@ from calibration.record import CalibrationRecord
 
 from ..io import atomic_folder
 from ..models.dit import DiT
+from .lint import LintError, lint_model
 from .qdq import QDQLinear, QDQMatMul, activation_qdq
 
 MANIFEST = "manifest.json"
@@ -75,7 +76,10 @@ def _example_inputs(model: DiT) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8_OPSET) -> onnx.ModelProto:
-    """torch module -> ONNX file with the project's graph interface (x, t, y -> out; dynamic batch)."""
+    """torch module -> ONNX file with the project's graph interface (x, t, y -> out; dynamic batch).
+
+    The TensorRT-conformance linter runs on the graph; errors raise `LintError` (nothing is written).
+    """
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
@@ -86,6 +90,9 @@ def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8
         )
     proto = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(proto)
+    errors = [f for f in lint_model(proto) if f.severity == "error"]
+    if errors:
+        raise LintError(f"{path.name}: {len(errors)} TensorRT-conformance errors:\n" + "\n".join(map(str, errors)))
     onnx.save(proto, str(path))
     return proto
 

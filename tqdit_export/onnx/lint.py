@@ -1,0 +1,161 @@
+"""TensorRT-conformance linter for Q/DQ ONNX graphs.
+
+Reports, per node, every Q/DQ that TensorRT's explicit-quantization path would reject or
+fail to fuse. Errors fail an export; warnings are reported. Rules (codes in brackets):
+- [zero-point] zero point not all zeros (TensorRT is symmetric only);
+- [qdq-dtype] zero point of a type other than int8 / float8e4m3 (e.g. uint8);
+- [scale-constant] scale not a build-time constant (initializer or Constant);
+- [scale-positive] a scale that is zero, negative or not finite;
+- [per-channel-activation] a per-channel scale on an activation (only weights may be per channel);
+- [weight-axis] a per-channel weight scale on an axis other than the consumer's output
+  channels (MatMul B [K, N]: axis 1; Gemm transB=1 and Conv weights: axis 0);
+- [fusion] a DequantizeLinear that reaches its GEMM through another node (a Cast, a Transpose,
+  a second Q/DQ pair): TensorRT then runs the GEMM in float;
+- [opset] default-domain opset below 13 (no per-channel Q/DQ) is an error; 21 and above a
+  warning (ONNX Runtime refuses int8 Q/DQ graphs there with optimizations on).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+GEMMS = ("MatMul", "Gemm", "Conv")
+ALLOWED_ZP_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One lint result, located at a node."""
+
+    severity: str  # "error" | "warning"
+    rule: str
+    node: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: [{self.rule}] {self.node}: {self.message}"
+
+
+def _node_name(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}#{index}"
+
+
+def lint_model(model: onnx.ModelProto) -> list[Finding]:
+    """All findings of `model` (empty when TensorRT can build every Q/DQ as an INT8 GEMM)."""
+    graph = model.graph
+    findings: list[Finding] = []
+    # Small constants (scales, zero points) are read; large ones (weights, maybe in external
+    # data) only by shape.
+    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer
+                                     if i.data_location != onnx.TensorProto.EXTERNAL and np.prod(i.dims) <= 1 << 16}
+    shapes: dict[str, tuple[int, ...]] = {i.name: tuple(i.dims) for i in graph.initializer}
+    const_types = {i.name: i.data_type for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            shapes[node.output[0]] = tuple(node.attribute[0].t.dims)
+            const_types[node.output[0]] = node.attribute[0].t.data_type
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset < 13:
+        findings.append(Finding("error", "opset", "model", f"opset {opset}: Q/DQ with per-channel scales needs >= 13"))
+    elif opset >= 21:
+        findings.append(Finding("warning", "opset", "model",
+                                f"opset {opset}: ONNX Runtime refuses int8 Q/DQ graphs at >= 21 with optimizations on"))
+
+    def is_constant(name: str) -> bool:
+        # A constant may pass through Identity nodes the exporter left in.
+        while name not in shapes and name in producer and producer[name].op_type == "Identity":
+            name = producer[name].input[0]
+        return name in shapes
+
+    for index, node in enumerate(graph.node):
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        name = _node_name(node, index)
+        scale_name = node.input[1]
+        zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if not is_constant(scale_name):
+            findings.append(Finding("error", "scale-constant", name,
+                                    f"scale {scale_name!r} is computed at run time; TensorRT needs a constant"))
+            scale = None
+        else:
+            scale = consts.get(scale_name)
+            if scale is not None and not (np.isfinite(scale).all() and (scale > 0).all()):
+                findings.append(Finding("error", "scale-positive", name, f"scale {scale_name!r} has values <= 0 or "
+                                        "not finite"))
+        if zp_name is not None and zp_name in consts:
+            if np.any(consts[zp_name] != 0):
+                findings.append(Finding("error", "zero-point", name, f"zero point {zp_name!r} is not 0: "
+                                        "TensorRT quantization is symmetric"))
+            if const_types.get(zp_name) not in ALLOWED_ZP_TYPES:
+                findings.append(Finding("error", "qdq-dtype", name, f"zero point {zp_name!r} has type "
+                                        f"{onnx.TensorProto.DataType.Name(const_types[zp_name])}; use int8"))
+        per_channel = scale is not None and scale.size > 1
+        data_is_constant = is_constant(node.input[0])
+        if per_channel and not data_is_constant and node.op_type == "QuantizeLinear":
+            findings.append(Finding("error", "per-channel-activation", name,
+                                    f"per-channel scale on activation {node.input[0]!r}; activations are per tensor"))
+        if node.op_type == "DequantizeLinear":
+            findings += _check_consumer(node, name, per_channel and data_is_constant, shapes, consumers)
+    return findings
+
+
+def _check_consumer(dq: onnx.NodeProto, name: str, per_channel_weight: bool, shapes: dict[str, tuple[int, ...]],
+                    consumers: dict[str, list[onnx.NodeProto]]) -> list[Finding]:
+    """Fusion and weight-axis rules for a DequantizeLinear's consumers."""
+    findings = []
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    for user in consumers.get(dq.output[0], []):
+        if user.op_type in GEMMS:
+            if per_channel_weight:
+                slot = list(user.input).index(dq.output[0])
+                ndim = len(shapes.get(dq.input[0], ()))
+                expected = _output_channel_axis(user, slot, ndim)
+                if expected is not None and ndim and axis % ndim != expected:
+                    findings.append(Finding("error", "weight-axis", name,
+                                            f"per-channel axis {axis} but {user.op_type} input {slot} has its output "
+                                            f"channels on axis {expected}"))
+            continue
+        # A DQ feeding a GEMM only through another node breaks TensorRT's Q/DQ fusion.
+        for second in consumers.get(user.output[0], []) if user.output else []:
+            if second.op_type in GEMMS and user.op_type not in ("QuantizeLinear",):
+                findings.append(Finding("error", "fusion", name,
+                                        f"reaches {second.op_type} {second.name!r} through {user.op_type}; "
+                                        "put the DequantizeLinear directly on the GEMM input"))
+        if user.op_type == "QuantizeLinear":
+            findings.append(Finding("error", "fusion", name, "is followed by another QuantizeLinear (a double Q/DQ "
+                                    "pair); TensorRT cannot fold it into one GEMM"))
+    return findings
+
+
+def _output_channel_axis(gemm: onnx.NodeProto, slot: int, ndim: int) -> int | None:
+    if not ndim:
+        return None
+    if gemm.op_type == "MatMul":
+        return ndim - 1 if slot == 1 else None  # B [K, N]: N is the last axis
+    if gemm.op_type == "Gemm":
+        trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+        return (0 if trans_b else 1) if slot == 1 else None
+    return 0 if slot == 1 else None  # Conv weights [out, in, kh, kw]
+
+
+def lint_file(path: str | Path) -> list[Finding]:
+    """Lint an ONNX file (external data is not loaded: the rules read scales and zero points only)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    return lint_model(onnx.load(str(path), load_external_data=False))
+
+
+class LintError(ValueError):
+    """An export produced a graph that TensorRT would reject or run unfused."""
