@@ -79,7 +79,7 @@ def test_export_then_sample_with_onnx_runtime(tiny_checkpoint, tmp_path, capsys)
                  "--trajectory-steps", "10", "--rounds", "1", "--out", str(rec), "--quiet", "--device", "cpu"]) == 0
     assert main(["export", "--model", str(tiny_checkpoint), "--record", str(rec), "--out", str(onnx_dir),
                  "--fp32"]) == 0
-    assert "exported 2 per-group graphs + fp32" in capsys.readouterr().out
+    assert "exported 2 per-group graph(s) + fp32" in capsys.readouterr().out
     assert main(["sample", "--model", str(tiny_checkpoint), "--record", str(rec), "--backend", "ort", "--onnx",
                  str(onnx_dir), "--steps", "4", "--num", "4", "--save-npz", str(npz), "--quiet"]) == 0
     images, _, meta = load_samples(npz)

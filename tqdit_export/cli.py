@@ -143,18 +143,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from calibration.record import CalibrationRecord
 
     from .models import resolve_model
-    from .onnx import export_per_group
+    from .onnx import export_dit
 
-    if args.layout != "per-group":
-        raise SystemExit(f"--layout {args.layout}: only per-group is implemented in this release")
     resolved = resolve_model(args.model)
     record = CalibrationRecord.load(args.record, resolved.model)
     reduce = {"auto": None, "on": True, "off": False}[args.reduce_range]
     start = time.perf_counter()
-    manifest = export_per_group(resolved.model, record, args.out, fp32=args.fp32, weight_reduce_range=reduce)
-    size = sum(p.stat().st_size for p in Path(args.out).glob("*.onnx"))
-    print(f"exported {len(manifest['graphs'])} {manifest['layout']} graphs"
-          f"{' + fp32' if args.fp32 else ''} ({size / 2**20:.1f} MiB, weights in graph "
+    manifest = export_dit(resolved.model, record, args.out, layout=args.layout, fp32=args.fp32,
+                          weight_reduce_range=reduce)
+    size = sum((Path(args.out) / g["file"]).stat().st_size for g in manifest["graphs"])
+    print(f"exported {len(manifest['graphs'])} {manifest['layout']} graph(s)"
+          f"{' + fp32' if args.fp32 else ''} ({size / 2**20:.2f} MiB quantized, weights in graph "
           f"{manifest['bits']['weights_in_graph']}-bit) in {time.perf_counter() - start:.1f} s to {args.out}")
     return 0
 

@@ -11,7 +11,7 @@ from calibration.calibrate import CalibrationConfig
 from tqdit_export.diffusion import SamplerConfig, sample
 from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.models import DiT, dit_config
-from tqdit_export.onnx import export_per_group, qdq_model
+from tqdit_export.onnx import export_dit, qdq_model
 from tqdit_export.quant import FakeQuantBackend, calibrate_dit
 
 
@@ -31,14 +31,24 @@ def model():
 
 
 @pytest.fixture(scope="module", params=["W8A8", "W6A6"])
-def exported(request, model, tmp_path_factory):
+def record(request, model):
     w, a = (8, 8) if request.param == "W8A8" else (6, 6)
-    record = calibrate_dit(model, CalibrationConfig(w, a, num_groups=3, rounds=1), samples_per_group=4,
-                           trajectory_steps=20, progress=False)
-    out = tmp_path_factory.mktemp(request.param) / "export"
+    return calibrate_dit(model, CalibrationConfig(w, a, num_groups=3, rounds=1), samples_per_group=4,
+                         trajectory_steps=20, progress=False)
+
+
+@pytest.fixture(scope="module")
+def exported(record, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "per_group"
     # 7-bit weights / B operands, as on CPUs without VNNI, so the test is the same on every CPU.
-    manifest = export_per_group(model, record, out, fp32=True, weight_reduce_range=True)
+    manifest = export_dit(model, record, out, fp32=True, weight_reduce_range=True)
     return record, out, manifest
+
+
+@pytest.fixture(scope="module")
+def exported_single(record, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "single"
+    return record, out, export_dit(model, record, out, layout="single", weight_reduce_range=True)
 
 
 def _inputs(t):
@@ -122,6 +132,26 @@ def test_export_never_replaces_a_foreign_folder(exported, model, tmp_path):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a folder this tool wrote"):
-        export_per_group(model, record, foreign)
+        export_dit(model, record, foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]
+
+
+def test_single_layout_matches_the_per_group_graphs(exported, exported_single):
+    record, per_group_dir, _ = exported
+    _, single_dir, manifest = exported_single
+    assert manifest["layout"] == "single" and [g["file"] for g in manifest["graphs"]] == ["single.onnx"]
+    graph = onnx.load(str(single_dir / "single.onnx")).graph
+    assert [i.name for i in graph.input] == ["x", "t", "y", "time_group"]
+    per_group, single = OrtBackend(per_group_dir, threads=1), OrtBackend(single_dir, threads=1)
+    for t in (10, 400, 900):
+        x, tt, y = _inputs(t)
+        assert _rel(single(x, tt, y), per_group(x, tt, y)) < 5e-3
+
+
+def test_single_layout_stores_the_weights_once(exported, exported_single):
+    _, per_group_dir, manifest = exported
+    _, single_dir, _ = exported_single
+    per_group_bytes = sum((per_group_dir / g["file"]).stat().st_size for g in manifest["graphs"])
+    single_bytes = (single_dir / "single.onnx").stat().st_size
+    assert single_bytes < per_group_bytes / 2

@@ -54,13 +54,19 @@ class OrtBackend:
         elif self.manifest["layout"] == "per-group":
             graphs = sorted(self.manifest["graphs"], key=lambda g: g["time_group"])
             self.sessions = [make_session(export_dir / g["file"], threads, providers) for g in graphs]
+        elif self.manifest["layout"] == "single":
+            self.sessions = [make_session(export_dir / self.manifest["graphs"][0]["file"], threads, providers)]
         else:
             raise ValueError(f"{export_dir}: layout {self.manifest['layout']!r} is not supported by this backend")
+        self.feeds_group = self.manifest["layout"] == "single" and not fp32
 
     def session_for(self, t: torch.Tensor):
+        """The session that serves timesteps `t` (per-group layout: the session of their group)."""
         return self.sessions[0] if len(self.sessions) == 1 else self.sessions[self.groups.group_of(t)]
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         feeds = {"x": x.detach().cpu().numpy().astype(np.float32), "t": t.cpu().numpy().astype(np.int64),
                  "y": y.cpu().numpy().astype(np.int64)}
+        if self.feeds_group:
+            feeds["time_group"] = np.array(self.groups.group_of(t), dtype=np.int64)
         return torch.from_numpy(self.session_for(t).run(["out"], feeds)[0])

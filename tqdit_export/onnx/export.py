@@ -4,8 +4,12 @@ Graph interface, the same for every layout: inputs `x` (N, C, H, W) float32, `t`
 int64 training timesteps, `y` (N,) int64 labels (the null class for the unconditional
 half); output `out` (N, 2C, H, W): epsilon and variance channels. The batch axis is dynamic.
 
-Layouts written so far:
-- `per-group`: G graphs, one per time group, each with that group's constant scales.
+Layouts:
+- `per-group`: G graphs, one per time group, each with that group's constant scales
+  (one engine per group; the weights are stored G times);
+- `single`: one graph with an extra int64 scalar input `time_group`; per-group scales
+  become constant-scale Q/DQ around runtime rescale factors gathered from a table
+  (x * r_g -> Q/DQ(s0) -> GEMM -> * 1/r_g, exact), so the weights are stored once.
 The output folder holds `manifest.json` naming every graph, its layout and the training
 timestep range of each group, and is written atomically (a complete folder or none).
 """
@@ -28,7 +32,7 @@ from calibration.record import CalibrationRecord
 from ..io import atomic_folder
 from ..models.dit import DiT
 from .lint import LintError, lint_model
-from .qdq import QDQLinear, QDQMatMul, activation_qdq
+from .qdq import GroupInput, QDQLinear, QDQMatMul, activation_qdq
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -44,8 +48,10 @@ def cpu_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def qdq_model(model: DiT, record: CalibrationRecord, group: int, weight_reduce_range: bool = False) -> nn.Module:
-    """A copy of `model` whose sites are Q/DQ export modules with the scales of time `group`.
+def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
+              weight_reduce_range: bool = False) -> nn.Module:
+    """A copy of `model` whose sites are Q/DQ export modules: the scales of time `group`, or
+    of every group selected at run time through a `GroupInput` (single layout).
 
     `weight_reduce_range` keeps the clipping range of the weights, and of the second
     operand of activation x activation GEMMs (the kernel's B side), but uses 7-bit codes
@@ -69,7 +75,20 @@ def qdq_model(model: DiT, record: CalibrationRecord, group: int, weight_reduce_r
     return qmodel
 
 
-def _example_inputs(model: DiT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+class SingleLayoutDiT(nn.Module):
+    """The single layout's graph: (x, t, y, time_group) -> out, every group's scales inside."""
+
+    def __init__(self, model: DiT, record: CalibrationRecord, weight_reduce_range: bool = False) -> None:
+        super().__init__()
+        self.group_input = GroupInput()
+        self.qmodel = qdq_model(model, record, self.group_input, weight_reduce_range)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, time_group: torch.Tensor) -> torch.Tensor:
+        self.group_input.index = time_group
+        return self.qmodel(x, t, y)
+
+
+def _example_inputs(model: DiT) -> tuple[torch.Tensor, ...]:
     c = model.config
     return (torch.zeros(2, c.in_channels, c.input_size, c.input_size), torch.tensor([1, 1]),
             torch.tensor([0, model.null_class]))
@@ -84,7 +103,8 @@ def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         torch.onnx.export(
-            module, example, buf, dynamo=False, opset_version=opset, input_names=["x", "t", "y"],
+            module, example, buf, dynamo=False, opset_version=opset,
+            input_names=["x", "t", "y", "time_group"][: len(example)],
             output_names=["out"], dynamic_axes={n: {0: "batch"} for n in ("x", "t", "y", "out")},
             do_constant_folding=True,
         )
@@ -105,9 +125,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_per_group(model: DiT, record: CalibrationRecord, out_dir: str | Path, fp32: bool = False,
-                     weight_reduce_range: bool | None = None) -> dict:
-    """Write one Q/DQ graph per time group (+ `fp32.onnx` with `fp32`) and the manifest.
+LAYOUTS = ("per-group", "single")
+
+
+def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layout: str = "per-group",
+               fp32: bool = False, weight_reduce_range: bool | None = None) -> dict:
+    """Write the Q/DQ graph(s) of `layout` (+ `fp32.onnx` with `fp32`) and the manifest.
 
     `weight_reduce_range=None` picks 7-bit weights when this CPU lacks VNNI (ORT CPU target).
     Returns the manifest.
@@ -118,16 +141,25 @@ def export_per_group(model: DiT, record: CalibrationRecord, out_dir: str | Path,
     example = _example_inputs(model)
     with atomic_folder(out_dir, MANIFEST) as tmp:
         graphs = []
-        for g in range(record.time_groups.num_groups):
-            name = f"group_{g:02d}.onnx"
-            export_onnx(qdq_model(model, record, g, weight_reduce_range), example, tmp / name)
-            lo, hi = record.time_groups.timestep_range(g)
-            graphs.append({"file": name, "time_group": g, "timesteps": [lo, hi], "sha256": _sha256(tmp / name)})
+        inputs = {"x": "float32 (N,C,H,W)", "t": "int64 (N,) training timestep", "y": "int64 (N,) label"}
+        if layout == "per-group":
+            for g in range(record.time_groups.num_groups):
+                name = f"group_{g:02d}.onnx"
+                export_onnx(qdq_model(model, record, g, weight_reduce_range), example, tmp / name)
+                lo, hi = record.time_groups.timestep_range(g)
+                graphs.append({"file": name, "time_group": g, "timesteps": [lo, hi], "sha256": _sha256(tmp / name)})
+        elif layout == "single":
+            export_onnx(SingleLayoutDiT(model, record, weight_reduce_range), (*example, torch.tensor(0)),
+                        tmp / "single.onnx")
+            graphs.append({"file": "single.onnx", "time_group": "input", "sha256": _sha256(tmp / "single.onnx")})
+            inputs["time_group"] = "int64 scalar: the group whose timestep range holds t"
+        else:
+            raise ValueError(f"layout {layout!r} is unknown; choose one of {LAYOUTS}")
         manifest = {
             "version": MANIFEST_VERSION,
-            "layout": "per-group",
+            "layout": layout,
             "opset": INT8_OPSET,
-            "inputs": {"x": "float32 (N,C,H,W)", "t": "int64 (N,) training timestep", "y": "int64 (N,) label"},
+            "inputs": inputs,
             "outputs": {"out": "float32 (N,2C,H,W) epsilon | variance"},
             "model": {"config": record.model_config, "weights_sha256": record.model_hash},
             "bits": {"weights": record.weight_bits, "activations": record.activation_bits,

@@ -59,47 +59,83 @@ def qdq(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
     return _QDQ.apply(x, float(scale), int(bits))
 
 
-class ActivationQDQ(nn.Module):
-    """One activation operand of one time group: uniform, or split into two regions.
+class GroupInput:
+    """Where the single layout's modules read the time group: the graph input `time_group`."""
 
-    `forward` returns the list of quantized parts whose GEMMs are summed (1 or 2 parts).
+    def __init__(self) -> None:
+        self.index: torch.Tensor | None = None
+
+
+class ActivationQDQ(nn.Module):
+    """One activation operand: uniform or two-region, for a fixed time group or all of them.
+
+    With a fixed `group` (per-group layout) every scale is a graph constant. With a
+    `GroupInput` (single layout) each part is rescaled at run time,
+        x * r_g -> Q/DQ(s0) -> GEMM -> * 1/r_g,   r_g = s0 / s_g,
+    which equals Q/DQ with scale s_g while the Q/DQ scale stays the constant s0 that TensorRT needs.
+    `forward` returns the quantized parts whose GEMMs are summed, each with the factor its
+    GEMM output is multiplied by (None for 1).
     """
 
-    def __init__(self, region: str, bits: int, scale: float | None = None, boundary: float | None = None,
-                 scale_low: float | None = None, scale_high: float | None = None) -> None:
+    def __init__(self, region: str, bits: int, group: int | GroupInput, scale: list[float] | None = None,
+                 boundary: list[float] | None = None, scale_low: list[float] | None = None,
+                 scale_high: list[float] | None = None) -> None:
         super().__init__()
-        self.region, self.bits = region, bits
-        self.scale, self.boundary, self.scale_low, self.scale_high = scale, boundary, scale_low, scale_high
+        self.region, self.bits, self.group = region, bits, group
+        self.tables = {"scale": scale, "boundary": boundary, "scale_low": scale_low, "scale_high": scale_high}
+        for name, table in self.tables.items():
+            if table is not None and isinstance(group, GroupInput):
+                t = torch.tensor(table, dtype=torch.float32)
+                self.register_buffer(f"{name}_table", t)
+                self.register_buffer(f"{name}_rescale", t.max() / t)  # r_g = s0 / s_g
+                self.register_buffer(f"{name}_restore", t / t.max())  # 1 / r_g
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _value(self, name: str):
+        if isinstance(self.group, GroupInput):
+            return getattr(self, f"{name}_table")[self.group.index]
+        return self.tables[name][self.group]
+
+    def _part(self, x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        table = self.tables[name]
+        if not isinstance(self.group, GroupInput):
+            return qdq(x, table[self.group], self.bits), None
+        if len(set(table)) == 1:  # the same scale in every group: a plain constant Q/DQ
+            return qdq(x, table[0], self.bits), None
+        index = self.group.index
+        return qdq(x * getattr(self, f"{name}_rescale")[index], max(table), self.bits), \
+            getattr(self, f"{name}_restore")[index]
+
+    def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         if self.region == "uniform":
-            return [qdq(x, self.scale, self.bits)]
+            return [self._part(x, "scale")]
         if self.region == "softmax":
-            low = x < self.boundary
+            low = x < self._value("boundary")
             zero = torch.zeros_like(x)
-            return [qdq(torch.where(low, x, zero), self.scale_low, self.bits),
-                    qdq(torch.where(low, zero, x), self.scale_high, self.bits)]
-        return [qdq(torch.clamp(x, max=0.0), self.scale_low, self.bits),
-                qdq(torch.clamp(x, min=0.0), self.scale_high, self.bits)]
+            return [self._part(torch.where(low, x, zero), "scale_low"),
+                    self._part(torch.where(low, zero, x), "scale_high")]
+        return [self._part(torch.clamp(x, max=0.0), "scale_low"), self._part(torch.clamp(x, min=0.0), "scale_high")]
 
 
-def activation_qdq(record, site, operand: str, group: int, reduce_range: bool = False) -> ActivationQDQ:
-    """The Q/DQ of `operand` of `site` for time `group`, read from a CalibrationRecord.
+def activation_qdq(record, site, operand: str, group: int | GroupInput, reduce_range: bool = False) -> ActivationQDQ:
+    """The Q/DQ of `operand` of `site`, read from a CalibrationRecord, for one time group or all.
 
     `reduce_range` (uniform 8-bit operands only) keeps the clipping range with 7-bit codes.
     """
     region, bits = site.region(operand), record.activation_bits
+
+    def table(name: str) -> list[float]:
+        return [float(v) for v in record.tensor(site.name, operand, name)]
+
     if region == "uniform":
-        scale = float(record.tensor(site.name, operand, "scale")[group])
+        scale = table("scale")
         if reduce_range and bits == 8:
-            bits, scale = 7, scale * qrange(8)[1] / qrange(7)[1]
-        return ActivationQDQ(region, bits, scale=scale)
-    boundary = float(record.tensor(site.name, operand, "boundary")[group])
-    low = float(record.tensor(site.name, operand, "scale_low")[group])
+            bits, scale = 7, [s * qrange(8)[1] / qrange(7)[1] for s in scale]
+        return ActivationQDQ(region, bits, group, scale=scale)
+    low = table("scale_low")
     if region == "gelu":
-        low = gelu_negative_scale(bits)
-    return ActivationQDQ(region, bits, boundary=boundary, scale_low=low,
-                         scale_high=float(record.tensor(site.name, operand, "scale_high")[group]))
+        low = [gelu_negative_scale(bits)] * len(low)
+    return ActivationQDQ(region, bits, group, boundary=table("boundary"), scale_low=low,
+                         scale_high=table("scale_high"))
 
 
 class QDQLinear(nn.Module):
@@ -117,10 +153,11 @@ class QDQLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = _DequantWeight.apply(self.weight_codes, self.weight_scale)
-        parts = self.act(x)
-        out = parts[0] @ w
-        for part in parts[1:]:
-            out = out + part @ w
+        out = None
+        for part, restore in self.act(x):
+            y = part @ w
+            y = y if restore is None else y * restore
+            out = y if out is None else out + y
         return out if self.bias is None else out + self.bias
 
 
@@ -135,8 +172,11 @@ class QDQMatMul(nn.Module):
         b_parts = self.qb(b)
         if len(b_parts) != 1:
             raise ValueError("a two-region second operand is not supported: put MRQ on operand a")
-        a_parts = self.qa(a)
-        out = a_parts[0] @ b_parts[0]
-        for part in a_parts[1:]:
-            out = out + part @ b_parts[0]
+        b_q, b_restore = b_parts[0]
+        out = None
+        for part, restore in self.qa(a):
+            y = part @ b_q
+            for factor in (restore, b_restore):
+                y = y if factor is None else y * factor
+            out = y if out is None else out + y
         return out
