@@ -19,9 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tqdit sample --model dit-digits --steps 100 --cfg 1.5 --num 100 --seed 0 \
-		--out out/demo_grid.png --save-npz out/demo_samples.npz
-	$(VENV)/bin/tqdit eval --samples out/demo_samples.npz --json out/demo_eval.json
+	$(VENV)/bin/tqdit demo --model dit-digits --bits W8A8 --out out/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -110,3 +110,14 @@ def test_lint_exits_nonzero_on_a_bad_graph(tmp_path, capsys):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     assert main(["lint", str(path)]) == 1
     assert "[zero-point] q" in capsys.readouterr().out
+
+
+def test_demo_runs_the_whole_pipeline(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(tiny_checkpoint), "--num", "10", "--steps", "3", "--samples-per-group", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "TensorRT lint: 0 finding(s)" in printed and "| ORT W8A8 |" in printed
+    assert (out / "fp32_vs_int8.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((out / "demo.json").read_text())
+    assert set(report) == {"ORT FP32", "ORT W8A8"} and "psnr_vs_fp" in report["ORT W8A8"]

@@ -158,6 +158,59 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline on one model: calibrate -> export -> lint -> sample FP32 and INT8 on ORT -> compare."""
+    from calibration.calibrate import CalibrationConfig
+
+    from .engines.ort_backend import OrtBackend
+    from .eval import evaluate_digits, paired_psnr, save_side_by_side
+    from .models import resolve_model
+    from .onnx import export_dit, lint_file
+    from .quant import calibrate_dit, parse_bits
+
+    out = Path(args.out)
+    resolved = resolve_model(args.model)
+    if resolved.dataset != "digits":
+        raise SystemExit(f"--model {args.model}: the demo evaluates digits models; use the step commands otherwise")
+    w_bits, a_bits = parse_bits(args.bits)
+    start = time.perf_counter()
+    record = calibrate_dit(resolved.model, CalibrationConfig(w_bits, a_bits, seed=args.seed),
+                           samples_per_group=args.samples_per_group, clip_denoised=True, progress=not args.quiet)
+    record.save(out / "record")
+    print(f"[1/4] calibrated {args.bits} (TQ-DiT, G={record.time_groups.num_groups}) in "
+          f"{time.perf_counter() - start:.1f} s -> {out / 'record'}")
+    start = time.perf_counter()
+    manifest = export_dit(resolved.model, record, out / "onnx", layout="per-group", fp32=True)
+    files = [out / "onnx" / g["file"] for g in manifest["graphs"]] + [out / "onnx" / "fp32.onnx"]
+    findings = sum(len(lint_file(f)) for f in files)
+    print(f"[2/4] exported {len(files) - 1} per-group Q/DQ graphs + fp32 in {time.perf_counter() - start:.1f} s; "
+          f"TensorRT lint: {findings} finding(s)")
+    cfg = resolved.model.config
+    labels = balanced_labels(args.num, cfg.num_classes)
+    config = SamplerConfig("ddpm", args.steps, args.cfg, clip_denoised=True)
+    rows = {}
+    backends = {"ORT FP32": OrtBackend(out / "onnx", fp32=True), f"ORT {args.bits}": OrtBackend(out / "onnx")}
+    for name, backend in backends.items():
+        start = time.perf_counter()
+        x = sample(backend, labels, (cfg.in_channels, cfg.input_size, cfg.input_size), config,
+                   resolved.model.null_class, seed=args.seed, progress=not args.quiet).numpy()
+        ms = 1000 * (time.perf_counter() - start) / args.steps
+        rows[name] = {"images": x, "ms_per_step": ms, **evaluate_digits(x, labels.numpy(), seed=args.seed)}
+        print(f"[3/4] sampled {args.num} digits with {name}: {ms:.0f} ms per step (batch {2 * args.num} with CFG)")
+    fp, q = rows["ORT FP32"], rows[f"ORT {args.bits}"]
+    q["psnr_vs_fp"] = paired_psnr(q["images"], fp["images"])
+    grid = save_side_by_side([(name, r["images"], labels.numpy()) for name, r in rows.items()],
+                             out / "fp32_vs_int8.png")
+    print(f"[4/4] wrote {grid}\n")
+    print("| backend | FD | FD reference | accuracy | PSNR vs FP32 (dB) | ms per step |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['fd']:.3f} | {r['fd_reference']:.3f} | {r['accuracy']:.3f} | "
+              f"{r.get('psnr_vs_fp', float('nan')):.2f} | {r['ms_per_step']:.0f} |")
+    write_json(out / "demo.json", {name: {k: v for k, v in r.items() if k != "images"} for name, r in rows.items()})
+    return 0
+
+
 def cmd_lint(args: argparse.Namespace) -> int:
     from .onnx.lint import lint_file
 
@@ -244,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                    help="7-bit weight codes for ONNX Runtime on CPUs without VNNI (auto: detect)")
     x.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("demo", help="the whole pipeline on the bundled model, FP32 vs INT8 side by side")
+    d.add_argument("--model", default="dit-digits", help="a digits model (default dit-digits)")
+    d.add_argument("--bits", default="W8A8", help="default W8A8")
+    d.add_argument("--num", type=int, default=100, help="samples per backend (default 100, 10 per class)")
+    d.add_argument("--steps", type=int, default=100, help="DDPM steps (default 100)")
+    d.add_argument("--cfg", type=float, default=1.5, help="guidance scale (default 1.5)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--samples-per-group", type=int, default=32, help="calibration samples per group (default 32)")
+    d.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
 
     li = sub.add_parser("lint", help="report Q/DQ nodes TensorRT would reject or fail to fuse")
     li.add_argument("files", nargs="+", type=Path, help="ONNX files")

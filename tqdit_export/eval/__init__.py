@@ -1,6 +1,6 @@
 """Evaluation: the bundled digits classifier, FD / accuracy / PSNR metrics, sample grids."""
 from .classifier import DigitsClassifier, load_digits_classifier, read_classifier_metadata
-from .grid import save_image_grid
+from .grid import grid_canvas, save_image_grid, save_side_by_side
 from .metrics import (
     DigitsFeatures,
     FeatureExtractor,
@@ -22,5 +22,7 @@ __all__ = [
     "load_digits_classifier",
     "paired_psnr",
     "read_classifier_metadata",
+    "grid_canvas",
     "save_image_grid",
+    "save_side_by_side",
 ]
