@@ -3,19 +3,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from tqdit_export.cli import balanced_labels, main
 from tqdit_export.io import load_samples
-from tqdit_export.models import DiT, dit_config, save_dit
+from tqdit_export.models import save_dit
 
 
 @pytest.fixture()
-def tiny_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = DiT(dit_config("DiT-tiny"))
+def tiny_checkpoint(tmp_path, make_tiny_dit):
     path = tmp_path / "tiny.safetensors"
-    save_dit(model, path)
+    save_dit(make_tiny_dit(), path)
     return path
 
 
@@ -86,6 +83,14 @@ def test_export_then_sample_with_onnx_runtime(tiny_checkpoint, tmp_path, capsys)
     assert meta["backend"] == "ort" and np.isfinite(images).all()
     assert main(["lint", *map(str, sorted(onnx_dir.glob("*.onnx")))]) == 0
     assert capsys.readouterr().out.count(": ok") == 3
+    report = tmp_path / "parity.json"
+    assert main(["check", "--model", str(tiny_checkpoint), "--record", str(rec), "--onnx", str(onnx_dir),
+                 "--samples", "2", "--tolerance", "0.05", "--json", str(report)]) == 0
+    parity = json.loads(report.read_text())
+    assert parity["pass"] and len(parity["groups"]) == 2 and all(g["rel_l2"] < 0.05 for g in parity["groups"])
+    # An impossible tolerance fails with exit code 1.
+    assert main(["check", "--model", str(tiny_checkpoint), "--record", str(rec), "--onnx", str(onnx_dir),
+                 "--samples", "2", "--tolerance", "1e-9"]) == 1
     with pytest.raises(SystemExit, match="--onnx DIR"):
         main(["sample", "--model", str(tiny_checkpoint), "--backend", "ort", "--save-npz", str(npz)])
 

@@ -211,6 +211,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from calibration.record import CalibrationRecord
+
+    from .check import check_export
+    from .models import resolve_model
+
+    resolved = resolve_model(args.model)
+    record = CalibrationRecord.load(args.record, resolved.model)
+    results = check_export(resolved.model, record, args.onnx, samples=args.samples, tolerance=args.tolerance,
+                           clip_denoised=resolved.pixel_space)
+    print("| group | rel L2 (ORT vs torch fake-quant) | max abs | mean abs | Polygraphy median check |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r.group} | {r.rel_l2:.2e} | {r.max_abs:.2e} | {r.mean_abs:.2e} | "
+              f"{'pass' if r.polygraphy_pass else 'FAIL'} |")
+    worst = max(r.rel_l2 for r in results)
+    ok = worst <= args.tolerance
+    print(f"{'PASS' if ok else 'FAIL'}: worst relative L2 {worst:.2e} (tolerance {args.tolerance:g})")
+    if args.json is not None:
+        write_json(args.json, {"tolerance": args.tolerance, "pass": ok, "groups": [vars(r) for r in results]})
+    return 0 if ok else 1
+
+
 def cmd_lint(args: argparse.Namespace) -> int:
     from .onnx.lint import lint_file
 
@@ -309,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    ch = sub.add_parser("check", help="Polygraphy parity: ORT export vs torch fake-quant, per time group")
+    ch.add_argument("--model", default="dit-digits", help="the calibrated model (default dit-digits)")
+    ch.add_argument("--record", type=Path, required=True, help="calibration record folder")
+    ch.add_argument("--onnx", type=Path, required=True, help="export folder (`tqdit export`)")
+    ch.add_argument("--samples", type=int, default=8, help="trajectory points per group (x2 with CFG; default 8)")
+    ch.add_argument("--tolerance", type=float, default=1e-2, help="largest relative L2 error (default 1e-2)")
+    ch.add_argument("--json", type=Path, default=None, help="also write the statistics as JSON")
+    ch.set_defaults(func=cmd_check)
 
     li = sub.add_parser("lint", help="report Q/DQ nodes TensorRT would reject or fail to fuse")
     li.add_argument("files", nargs="+", type=Path, help="ONNX files")

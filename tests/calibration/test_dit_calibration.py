@@ -6,26 +6,15 @@ from calibration.calibrate import CalibrationConfig, GroupData, _capture, calibr
 from calibration.record import CalibrationRecord
 from calibration.time_groups import TimeGroups
 from tqdit_export.diffusion import SamplerConfig, sample
-from tqdit_export.models import DiT, dit_config
 from tqdit_export.quant import FakeQuantBackend, calibrate_dit, collect_calibration_data, denoising_loss, dit_sites
-
-
-def _tiny(seed=0) -> DiT:
-    torch.manual_seed(seed)
-    model = DiT(dit_config("DiT-tiny"))
-    with torch.no_grad():  # leave the zero-initialised adaLN/output layers non-trivial
-        for name, p in model.named_parameters():
-            if name != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 FAST = dict(samples_per_group=4, trajectory_steps=20, progress=False)
 
 
 @pytest.fixture(scope="module")
-def model():
-    return _tiny()
+def model(make_tiny_dit):
+    return make_tiny_dit()
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +67,13 @@ def test_same_seed_gives_a_bit_identical_record(model, record):
     assert all(torch.equal(record.tensors[k], again.tensors[k]) for k in record.tensors)
 
 
-def test_record_roundtrip_and_wrong_model(tmp_path, model, record):
+def test_record_roundtrip_and_wrong_model(tmp_path, model, record, make_tiny_dit):
     folder = record.save(tmp_path / "rec")
     loaded = CalibrationRecord.load(folder, model)
     assert all(torch.equal(loaded.tensors[k], record.tensors[k]) for k in record.tensors)
     assert loaded.to_json() == record.to_json()
     with pytest.raises(ValueError, match="another model"):
-        CalibrationRecord.load(folder, _tiny(seed=1))
+        CalibrationRecord.load(folder, make_tiny_dit(seed=1))
     with pytest.raises(FileNotFoundError, match="tqdit calibrate"):
         CalibrationRecord.load(tmp_path / "nothing")
 

@@ -10,24 +10,13 @@ from onnx import numpy_helper
 from calibration.calibrate import CalibrationConfig
 from tqdit_export.diffusion import SamplerConfig, sample
 from tqdit_export.engines.ort_backend import OrtBackend
-from tqdit_export.models import DiT, dit_config
 from tqdit_export.onnx import export_dit, qdq_model
 from tqdit_export.quant import FakeQuantBackend, calibrate_dit
 
 
-def _tiny() -> DiT:
-    torch.manual_seed(0)
-    model = DiT(dit_config("DiT-tiny"))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def model():
-    return _tiny()
+def model(make_tiny_dit):
+    return make_tiny_dit()
 
 
 @pytest.fixture(scope="module", params=["W8A8", "W6A6"])

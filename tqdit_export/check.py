@@ -1,0 +1,103 @@
+"""Parity of an export against the fake-quant reference, with Polygraphy's Comparator.
+
+For every time group, real calibration inputs of that group (FP trajectory points, CFG
+batch) go through the torch fake-quant model and the ONNX Runtime session of the export;
+Polygraphy compares the outputs and this module adds the relative L2 error per group.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calibration.record import CalibrationRecord
+
+from .engines.ort_backend import OrtBackend
+from .models.dit import DiT
+from .quant import FakeQuantBackend, collect_calibration_data
+
+
+@dataclass
+class GroupParity:
+    """Error statistics of one time group; `rel_l2` = ||ort - ref|| / ||ref|| is the acceptance metric."""
+
+    group: int
+    rel_l2: float
+    max_abs: float
+    mean_abs: float
+    polygraphy_pass: bool
+
+
+def _torch_runner(backend: FakeQuantBackend, takes_time_group: bool):
+    from polygraphy.backend.base import BaseRunner
+
+    class FakeQuantRunner(BaseRunner):
+        """Polygraphy runner over the torch fake-quant reference (CPU)."""
+
+        def __init__(self) -> None:
+            super().__init__(name="torch-fakequant", prefix="torch-fakequant")
+
+        def activate_impl(self) -> None:
+            pass
+
+        def deactivate_impl(self) -> None:
+            pass
+
+        def get_input_metadata_impl(self):
+            from polygraphy.common import TensorMetadata
+
+            meta = TensorMetadata()
+            meta.add("x", np.float32, (-1, -1, -1, -1))
+            meta.add("t", np.int64, (-1,))
+            meta.add("y", np.int64, (-1,))
+            if takes_time_group:  # fed to both runners in the single layout; the reference picks it from t
+                meta.add("time_group", np.int64, ())
+            return meta
+
+        def infer_impl(self, feed_dict):
+            start = time.perf_counter()
+            out = np.ascontiguousarray(backend(*(torch.from_numpy(feed_dict[k]) for k in ("x", "t", "y"))).numpy())
+            self.inference_time = time.perf_counter() - start
+            return OrderedDict(out=out)
+
+    return FakeQuantRunner()
+
+
+def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, samples: int = 8, seed: int = 0,
+                 tolerance: float = 1e-2, clip_denoised: bool = False) -> list[GroupParity]:
+    """Compare ORT over `onnx_dir` with the fake-quant model, group by group, on calibration inputs."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.WARNING  # one summary line per group is printed by the caller
+
+    ort_backend = OrtBackend(onnx_dir)
+    reference = FakeQuantBackend(model, record)
+    data = collect_calibration_data(model, record.time_groups, samples, seed=seed + 7, clip_denoised=clip_denoised,
+                                    progress=False)
+    results = []
+    for g, batch in enumerate(data):
+        x, t, y = batch.inputs
+        feeds = {"x": x.numpy(), "t": t.numpy(), "y": y.numpy()}
+        session = ort_backend.session_for(t)
+        if ort_backend.feeds_group:
+            feeds_ort = {**feeds, "time_group": np.array(g, dtype=np.int64)}
+        else:
+            feeds_ort = feeds
+        runners = [_torch_runner(reference, ort_backend.feeds_group), OnnxrtRunner(session, name=f"onnxrt-group{g}")]
+        run = Comparator.run(runners, data_loader=[feeds_ort])
+        # Polygraphy's own verdict: the median element within `tolerance`, absolute or relative.
+        compare = CompareFunc.simple(atol=tolerance, rtol=tolerance, check_error_stat="median")
+        passed = bool(Comparator.compare_accuracy(run, compare_func=compare))
+        ref, got = (run[i][1][0]["out"] for i in range(2))
+        diff = np.abs(got - ref)
+        ref_norm, err_norm = np.linalg.norm(ref), np.linalg.norm(got - ref)
+        rel = float(err_norm / ref_norm) if ref_norm > 0 else (0.0 if err_norm == 0 else float("inf"))
+        results.append(GroupParity(g, rel, float(diff.max()),
+                                   float(diff.mean()), passed))
+    return results
