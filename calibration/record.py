@@ -10,6 +10,7 @@ Loading a record against a model whose weights differ from the calibrated ones i
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -28,6 +30,34 @@ from .time_groups import TimeGroups
 SCHEMA_VERSION = 1
 RECORD_JSON = "record.json"
 SCALES_FILE = "scales.safetensors"
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, marker: str) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` whole.
+
+    An existing `path` is only replaced if it holds `marker` (a file this tool writes), so a
+    mistyped --out never deletes a user's folder.
+    """
+    path = Path(path)
+    if path.exists() and not (path / marker).exists():
+        raise FileExistsError(f"{path} exists and is not a folder this tool wrote (no {marker}); choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -89,27 +119,12 @@ class CalibrationRecord:
         }
 
     def save(self, folder: str | Path) -> Path:
-        """Write the record folder atomically: a complete folder replaces an older one, or nothing changes."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-        try:
+        """Write the record folder atomically: a complete folder replaces an older record, or nothing changes."""
+        with atomic_folder(folder, RECORD_JSON) as tmp:
             save_file({k: v.detach().cpu().float().contiguous() for k, v in self.tensors.items()},
                       str(tmp / SCALES_FILE))
             (tmp / RECORD_JSON).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
-            os.chmod(tmp, 0o755)
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | Path, model: nn.Module | None = None) -> "CalibrationRecord":

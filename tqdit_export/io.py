@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+# Folders are written the same way by calibration/ (records) and this package (exports).
+from calibration.record import atomic_folder  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -29,34 +31,6 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_folder(path: str | Path, marker: str) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` whole.
-
-    An existing `path` is only replaced if it holds `marker` (a file this tool writes), so a
-    mistyped --out never deletes a user's folder.
-    """
-    path = Path(path)
-    if path.exists() and not (path / marker).exists():
-        raise FileExistsError(f"{path} exists and is not a folder this tool wrote (no {marker}); choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
