@@ -4,7 +4,8 @@
     python benchmarks/quality.py --bits W8A8 --rows fp minmax tqdit --steps 100 --seeds 0
 
 Rows: fp; minmax (one scale for all timesteps, no MRQ/HO); tqdit (TGQ + MRQ + HO);
-no-tgq, no-mrq, no-ho (TQ-DiT with one part switched off). For every (row, bits, sampler
+no-tgq, no-mrq, no-ho (TQ-DiT with one part switched off); tqdit-ort (the tqdit record
+exported to per-group Q/DQ ONNX and sampled with ONNX Runtime: the deployed numbers). For every (row, bits, sampler
 steps, seed) it samples `--num` digits (balanced classes, cfg 1.5) from the same noise as
 the FP row and reports FD, class accuracy, paired PSNR vs FP, and the calibration wall
 time and peak memory (each calibration runs in its own process, so its peak RSS is its own).
@@ -33,9 +34,11 @@ from calibration.record import CalibrationRecord
 from tqdit_export.cli import balanced_labels
 from tqdit_export.diffusion import SamplerConfig, sample
 from tqdit_export.engines import TorchBackend
+from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.eval import evaluate_digits, paired_psnr
 from tqdit_export.io import atomic_output, load_samples, save_samples, write_json
 from tqdit_export.models import resolve_model
+from tqdit_export.onnx import export_dit
 from tqdit_export.quant import FakeQuantBackend
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,6 +49,7 @@ ROWS = {
     "no-tgq": ["--no-tgq"],
     "no-mrq": ["--no-mrq"],
     "no-ho": ["--no-ho"],
+    "tqdit-ort": [],  # the tqdit record, exported per group and sampled by ONNX Runtime's INT8 kernels
 }
 
 
@@ -146,7 +150,13 @@ def main(argv: list[str] | None = None) -> None:
         for row in args.rows:
             cost = {}
             backend = TorchBackend(model)
-            if row != "fp":
+            if row == "tqdit-ort":
+                record_dir, cost = calibrate(args.model, "tqdit", bits, args.workdir)
+                onnx_dir = args.workdir / f"onnx_{bits}"
+                if not (onnx_dir / "manifest.json").exists():
+                    export_dit(model, CalibrationRecord.load(record_dir, model), onnx_dir)
+                backend = OrtBackend(onnx_dir, threads=torch.get_num_threads())
+            elif row != "fp":
                 record_dir, cost = calibrate(args.model, row, bits, args.workdir)
                 backend = FakeQuantBackend(model, CalibrationRecord.load(record_dir, model))
             for steps in args.steps:
