@@ -103,7 +103,7 @@ def _merge(data: list[GroupData]) -> list[GroupData]:
 def _percentile(x: torch.Tensor, q: float, gen: torch.Generator) -> torch.Tensor:
     flat = x.detach().abs().flatten()
     if flat.numel() > 1 << 20:  # torch.quantile has an input-size limit; a random subset suffices
-        flat = flat[torch.randint(flat.numel(), (1 << 20,), generator=gen, device=flat.device)]
+        flat = flat[torch.randint(flat.numel(), (1 << 20,), generator=gen).to(flat.device)]
     return torch.quantile(flat.float(), q / 100.0)
 
 
@@ -141,13 +141,14 @@ def _capture(model: nn.Module, sites: list[Site], batch: GroupData, loss_fn, cfg
         if site.kind == "linear":
             rows = ops["input"].reshape(-1, ops["input"].shape[-1])
             grad = grad.reshape(-1, grad.shape[-1])
-            keep = torch.randperm(rows.shape[0], generator=gen)[: cfg.max_rows]  # random order: any prefix is a random subset
+            # Random order (a CPU generator, whatever the device): any prefix is a random subset.
+            keep = torch.randperm(rows.shape[0], generator=gen)[: cfg.max_rows].to(rows.device)
             kept = {"input": rows[keep]}
             grad = grad[keep]
         else:  # keep whole samples: a GEMM's output row needs its full operands
             per_sample = ops["a"].shape[-2]
             k = max(1, cfg.max_rows // per_sample)
-            keep = torch.randperm(ops["a"].shape[0], generator=gen)[:k].sort().values
+            keep = torch.randperm(ops["a"].shape[0], generator=gen)[:k].sort().values.to(grad.device)
             kept = {n: x[keep] for n, x in ops.items()}
             grad = grad[keep]
         captured[site.name] = _Captured(kept, grad.float() ** 2, absmax, pct)
@@ -217,7 +218,7 @@ class _Searcher:
         for s in sites:
             if s.kind == "linear":
                 w = self._weight(s)
-                self.w_scale[s.name] = minmax_scale(w.abs().amax(dim=1), self.wb)
+                self.w_scale[s.name] = minmax_scale(w.abs().amax(dim=1), self.wb).cpu()
             for op in s.activation_operands:
                 region = s.region(op)
                 if cfg.method in ("minmax", "percentile"):
@@ -227,13 +228,14 @@ class _Searcher:
                     params = [torch.tensor(2.0**-4) for _ in caps]
                 else:
                     params = [initial_scale(c[s.name].absmax[op], self.ab) for c in caps]
-                self.act[(s.name, op)] = torch.stack([torch.as_tensor(p, dtype=torch.float32) for p in params])
+                # Scale state lives on the CPU; the data may be on a GPU.
+                self.act[(s.name, op)] = torch.stack([torch.as_tensor(p, dtype=torch.float32).cpu() for p in params])
 
     def _weight(self, site: Site) -> torch.Tensor:
         return self.model.get_submodule(site.name).weight.detach()
 
     def _quant(self, site: Site, op: str, g: int, x: torch.Tensor) -> torch.Tensor:
-        return activation_quantizer(site.region(op), self.ab)(x, self.act[(site.name, op)][g])
+        return activation_quantizer(site.region(op), self.ab)(x, self.act[(site.name, op)][g].to(x.device))
 
     def _hessian(self, cap: _Captured) -> torch.Tensor | None:
         return cap.grad2 if self.cfg.use_ho else None
@@ -261,14 +263,14 @@ class _Searcher:
         x_hat = torch.cat([self._quant(s, "input", g, x) for g, x in enumerate(xs)])
         target = torch.cat(xs) @ w.T
         hess = None if not self.cfg.use_ho else torch.cat([c[s.name].grad2[:k] for c in self.caps])
-        self.w_scale[s.name] = search_weight_per_channel(w, self.wb, x_hat, target, hess, self.cfg.search)
+        self.w_scale[s.name] = search_weight_per_channel(w, self.wb, x_hat, target, hess, self.cfg.search).cpu()
 
     def _search_activations(self, s: Site, g: int) -> None:
         cap = self.caps[g][s.name]
         hess = self._hessian(cap)
         if s.kind == "linear":
             x = cap.operands["input"]
-            w_hat = fake_quant(self._weight(s), self.w_scale[s.name], self.wb, axis=0)
+            w_hat = fake_quant(self._weight(s), self.w_scale[s.name].to(x.device), self.wb, axis=0)
             best = search_activation(x, s.region("input"), self.ab, cap.absmax["input"], lambda xh: xh @ w_hat.T,
                                      x @ self._weight(s).T, hess, self.cfg.search)
             self.act[(s.name, "input")][g] = best

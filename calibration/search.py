@@ -79,7 +79,7 @@ def activation_candidates(region: str, x_absmax: torch.Tensor, bits: int, space:
     """The parameters the search tries for one activation operand."""
     if region == "softmax":
         return torch.tensor([2.0**-i for i in range(space.softmax_exponents)])
-    return space.multipliers() * initial_scale(x_absmax, bits)
+    return space.multipliers() * initial_scale(x_absmax, bits).cpu()
 
 
 def search_activation(
@@ -98,10 +98,11 @@ def search_activation(
     already quantized); `target` is the float output.
     """
     quant = activation_quantizer(region, bits)
-    candidates = activation_candidates(region, x_absmax, bits, space)
+    on_cpu = activation_candidates(region, x_absmax, bits, space)
+    candidates = on_cpu.to(x.device)
     weight = fisher_or_plain(weight)
     errors = torch.stack([weighted_error(target, output_of(quant(x, c)), weight) for c in candidates])
-    return candidates[int(torch.argmin(errors))]
+    return on_cpu[int(torch.argmin(errors))]
 
 
 def search_weight_per_channel(
@@ -121,7 +122,7 @@ def search_weight_per_channel(
     weight = fisher_or_plain(weight, channel_dim=-1)
     best_err = torch.full_like(s0, float("inf"))
     best = s0.clone()
-    for m in space.multipliers():
+    for m in space.multipliers().to(w.device):
         s = m * s0
         o_hat = x_hat @ fake_quant(w, s, bits, axis=0).T
         err = weighted_error(target, o_hat, weight, channel_dim=-1)
