@@ -126,3 +126,21 @@ def test_demo_runs_the_whole_pipeline(tiny_checkpoint, tmp_path, capsys):
     assert (out / "fp32_vs_int8.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((out / "demo.json").read_text())
     assert set(report) == {"ORT FP32", "ORT W8A8"} and "psnr_vs_fp" in report["ORT W8A8"]
+
+
+def test_trt_backend_without_tensorrt_is_a_clear_error(tiny_checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed")
+    except ImportError:
+        pass
+    rec, onnx_dir = tmp_path / "rec", tmp_path / "onnx"
+    assert main(["calibrate", "--model", str(tiny_checkpoint), "--groups", "2", "--samples-per-group", "2",
+                 "--trajectory-steps", "5", "--rounds", "1", "--out", str(rec), "--quiet", "--device", "cpu"]) == 0
+    assert main(["export", "--model", str(tiny_checkpoint), "--record", str(rec), "--out", str(onnx_dir)]) == 0
+    assert main(["sample", "--model", str(tiny_checkpoint), "--record", str(rec), "--backend", "trt", "--onnx",
+                 str(onnx_dir), "--steps", "2", "--num", "2", "--save-npz", str(tmp_path / "s.npz")]) == 2
+    assert "TensorRT is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists()

@@ -39,19 +39,22 @@ def make_backend(args: argparse.Namespace, model, device: str):
     """The denoiser `sample` drives: torch (FP or fake-quant with --record) or ONNX Runtime."""
     from .engines import TorchBackend
 
-    if args.backend == "trt":
-        raise SystemExit("--backend trt: the TensorRT engine builder is not part of this release yet; "
-                         "use --backend ort (ONNX Runtime) or torch")
     record = None
     if args.record is not None:
         from calibration.record import CalibrationRecord
 
         record = CalibrationRecord.load(args.record, model)
+    if args.backend in ("ort", "trt") and args.onnx is None:
+        raise SystemExit(f"--backend {args.backend} needs --onnx DIR, a folder written by `tqdit export`")
+    if args.backend == "trt":
+        from .engines.trt_backend import TrtBackend
+
+        if record is None:
+            raise SystemExit("--backend trt builds the quantized graphs: give --record too")
+        return TrtBackend(args.onnx)
     if args.backend == "ort":
         from .engines.ort_backend import OrtBackend
 
-        if args.onnx is None:
-            raise SystemExit("--backend ort needs --onnx DIR, a folder written by `tqdit export`")
         backend = OrtBackend(args.onnx, threads=torch.get_num_threads(), fp32=record is None)
         if record is not None and backend.manifest["model"]["weights_sha256"] != record.model_hash:
             raise SystemExit(f"--onnx {args.onnx} was exported from another model than --record {args.record}")
@@ -286,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--record", type=Path, default=None,
                    help="calibration record folder: sample the quantized model (torch: fake-quant)")
     s.add_argument("--backend", choices=("torch", "ort", "trt"), default="torch",
-                   help="torch (FP, or fake-quant with --record) or ort (ONNX Runtime over --onnx)")
+                   help="torch (FP, or fake-quant with --record), ort (ONNX Runtime over --onnx), "
+                        "trt (TensorRT engines built from --onnx; needs TensorRT and a GPU)")
     s.add_argument("--onnx", type=Path, default=None,
                    help="export folder for --backend ort (its Q/DQ graphs with --record, else its fp32 graph)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -358,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as err:
         print(f"tqdit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,85 @@
+"""TensorRT backend: version-dependent build settings (pure), and a real build where TensorRT and a GPU exist."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tqdit_export.engines.trt_backend import (
+    BuildSettings,
+    builder_flags,
+    engine_cache_key,
+    import_tensorrt,
+    network_flags,
+)
+
+
+def fake_trt(version: str):
+    return SimpleNamespace(__version__=version, NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1),
+                           BuilderFlag=SimpleNamespace(INT8="INT8", FP16="FP16"))
+
+
+def test_tensorrt_10_strongly_typed_by_default():
+    trt = fake_trt("10.13.0")
+    assert network_flags(trt, BuildSettings()) == 1 << 1
+    assert builder_flags(trt, BuildSettings()) == []
+
+
+def test_jetpack_6_weakly_typed_int8_path():
+    trt = fake_trt("10.3.0")
+    weak = BuildSettings(strongly_typed=False)
+    assert network_flags(trt, weak) == 0
+    assert builder_flags(trt, weak) == ["INT8", "FP16"]
+    assert builder_flags(trt, BuildSettings(strongly_typed=False, fp16_fallback=False)) == ["INT8"]
+
+
+def test_tensorrt_11_has_only_strong_typing():
+    trt = fake_trt("11.4.0")
+    assert network_flags(trt, BuildSettings()) == 0
+    with pytest.raises(ValueError, match="strongly typed"):
+        network_flags(trt, BuildSettings(strongly_typed=False))
+
+
+def test_engine_cache_key_changes_with_version_gpu_and_settings(tmp_path):
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"graph")
+    key = engine_cache_key(graph, "10.13.0", "H100", BuildSettings())
+    assert key == engine_cache_key(graph, "10.13.0", "H100", BuildSettings())
+    assert key != engine_cache_key(graph, "10.3.0", "H100", BuildSettings())
+    assert key != engine_cache_key(graph, "10.13.0", "Orin", BuildSettings())
+    assert key != engine_cache_key(graph, "10.13.0", "H100", BuildSettings(strongly_typed=False))
+    graph.write_bytes(b"other graph")
+    assert key != engine_cache_key(graph, "10.13.0", "H100", BuildSettings())
+
+
+def test_missing_tensorrt_is_a_clear_error():
+    try:
+        import tensorrt  # noqa: F401
+        has_builder = hasattr(tensorrt, "Builder")
+    except ImportError:
+        has_builder = False
+    if has_builder:
+        pytest.skip("full TensorRT is installed")
+    with pytest.raises(RuntimeError, match="TensorRT"):
+        import_tensorrt()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_trt_engines_match_onnx_runtime(tmp_path, make_tiny_dit):
+    trt = pytest.importorskip("tensorrt")
+    if not hasattr(trt, "Builder") or not torch.cuda.is_available():
+        pytest.skip("needs the full TensorRT and a CUDA GPU")
+    from calibration.calibrate import CalibrationConfig
+    from tqdit_export.engines.ort_backend import OrtBackend
+    from tqdit_export.engines.trt_backend import TrtBackend
+    from tqdit_export.onnx import export_dit
+    from tqdit_export.quant import calibrate_dit
+
+    model = make_tiny_dit()
+    record = calibrate_dit(model, CalibrationConfig(num_groups=2, rounds=1), samples_per_group=2,
+                           trajectory_steps=10, progress=False)
+    export_dit(model, record, tmp_path / "onnx", weight_reduce_range=False)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.full((4,), 700), torch.tensor([1, 2, 10, 10])
+    got = TrtBackend(tmp_path / "onnx")(x, t, y).cpu()
+    ref = OrtBackend(tmp_path / "onnx")(x, t, y)
+    assert float((got - ref).norm() / ref.norm()) < 2e-2

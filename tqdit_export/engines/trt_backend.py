@@ -1,0 +1,176 @@
+"""TensorRT backend: INT8 engines built from the same Q/DQ ONNX graphs, run with torch CUDA tensors.
+
+`tensorrt` is imported lazily: this module imports (and its pure helpers work) without it.
+Version handling, from the TensorRT documentation:
+- TensorRT 11: every network is strongly typed; the precision builder flags (INT8, FP16,
+  FP8) and calibrators are gone, so a Q/DQ graph builds as is.
+- TensorRT 10.x: strongly typed networks via NetworkDefinitionCreationFlag.STRONGLY_TYPED
+  (the default here); the weakly typed path with BuilderFlag.INT8 (+ FP16) is kept for
+  TensorRT 10.3 on JetPack 6, where users build that way.
+Engines are cached by (ONNX sha256, TensorRT version, GPU name), and a timing cache is
+reused between builds. One engine per time group can share one activation buffer:
+contexts are created with user-managed device memory sized to the largest engine.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from calibration.time_groups import TimeGroups
+
+from ..io import atomic_output
+from ..onnx.export import MANIFEST
+
+
+def import_tensorrt() -> ModuleType:
+    """`tensorrt`, or a clear error naming what is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError as err:
+        raise RuntimeError(
+            "TensorRT is not installed: `pip install tqdit-export[trt]` on a machine with an NVIDIA GPU "
+            "(the ONNX export and the ORT backend work without it)"
+        ) from err
+    if not hasattr(trt, "Builder"):
+        raise RuntimeError("this TensorRT package has no builder (tensorrt-lean?): install the full `tensorrt`")
+    return trt
+
+
+def trt_major(trt: ModuleType) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How to build: strongly typed (default) or the weak INT8 path (TensorRT 10.x only)."""
+
+    strongly_typed: bool = True
+    fp16_fallback: bool = True  # weakly typed path only: let float layers run in FP16
+    workspace_mib: int = 4096
+    max_batch: int = 64
+
+
+def network_flags(trt: ModuleType, settings: BuildSettings) -> int:
+    """Creation flags of the network for this TensorRT version and build settings."""
+    if trt_major(trt) >= 11:
+        if not settings.strongly_typed:
+            raise ValueError("TensorRT >= 11 builds strongly typed networks only; drop the weakly typed option")
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if settings.strongly_typed else 0
+
+
+def builder_flags(trt: ModuleType, settings: BuildSettings) -> list:
+    """Precision flags the builder config needs: none when strongly typed, INT8 (+FP16) otherwise."""
+    if settings.strongly_typed:
+        return []
+    flags = [trt.BuilderFlag.INT8]
+    if settings.fp16_fallback:
+        flags.append(trt.BuilderFlag.FP16)
+    return flags
+
+
+def engine_cache_key(onnx_path: Path, trt_version: str, gpu_name: str, settings: BuildSettings) -> str:
+    """Engines depend on the graph, the TensorRT version, the GPU and the build settings."""
+    h = hashlib.sha256()
+    with open(onnx_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    h.update(json.dumps([trt_version, gpu_name, settings.__dict__], sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def build_engine(onnx_path: Path, cache_dir: Path, settings: BuildSettings = BuildSettings(),
+                 input_shape: tuple[int, int, int] | None = None) -> Path:
+    """Build (or reuse from `cache_dir`) the serialized engine of one ONNX graph; returns its path."""
+    trt = import_tensorrt()
+    if not torch.cuda.is_available():
+        raise RuntimeError("building a TensorRT engine needs a CUDA GPU; none is visible")
+    gpu = torch.cuda.get_device_name(0)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    plan = cache_dir / f"{onnx_path.stem}-{engine_cache_key(onnx_path, trt.__version__, gpu, settings)}.plan"
+    if plan.exists():
+        return plan
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt, settings))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # reads external data beside the file
+        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}:\n{errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
+    for flag in builder_flags(trt, settings):
+        config.set_flag(flag)
+    timing_file = cache_dir / "timing.cache"
+    cache = config.create_timing_cache(timing_file.read_bytes() if timing_file.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = list(tensor.shape)
+        if shape and shape[0] == -1:  # the dynamic batch axis
+            rest = shape[1:] if input_shape is None or tensor.name != "x" else list(input_shape)
+            profile.set_shape(tensor.name, [1, *rest], [max(1, settings.max_batch // 2), *rest],
+                              [settings.max_batch, *rest])
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build {onnx_path}; see the log above")
+    with atomic_output(timing_file) as tmp:
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    with atomic_output(plan) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    return plan
+
+
+class TrtBackend:
+    """Denoiser over TensorRT engines built from an export folder (per-group or single layout).
+
+    Inputs and outputs are torch CUDA tensors bound by address; per-group engines share one
+    user-managed activation buffer, sized to the largest engine.
+    """
+
+    name = "trt"
+
+    def __init__(self, export_dir: str | Path, cache_dir: str | Path | None = None,
+                 settings: BuildSettings = BuildSettings()) -> None:
+        trt = import_tensorrt()
+        export_dir = Path(export_dir)
+        self.manifest = json.loads((export_dir / MANIFEST).read_text())
+        self.groups = TimeGroups(tuple(self.manifest["time_groups"]))
+        cache_dir = Path(cache_dir) if cache_dir else export_dir / "engines"
+        graphs = sorted(self.manifest["graphs"], key=lambda g: str(g["time_group"]))
+        plans = [build_engine(export_dir / g["file"], cache_dir, settings) for g in graphs]
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engines = [runtime.deserialize_cuda_engine(p.read_bytes()) for p in plans]
+        size = max(e.device_memory_size_v2 for e in self.engines)
+        self.activations = torch.empty(size, dtype=torch.uint8, device="cuda")
+        self.contexts = []
+        for engine in self.engines:
+            context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            context.set_device_memory(self.activations.data_ptr(), size)
+            self.contexts.append(context)
+        self.single = self.manifest["layout"] == "single"
+        self.stream = torch.cuda.Stream()
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        g = self.groups.group_of(t)
+        context = self.contexts[0] if self.single else self.contexts[g]
+        feeds = {"x": x.float().cuda().contiguous(), "t": t.long().cuda().contiguous(),
+                 "y": y.long().cuda().contiguous()}
+        if self.single:
+            feeds["time_group"] = torch.tensor(g, dtype=torch.long, device="cuda")
+        for name, tensor in feeds.items():
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
+        out = torch.empty(tuple(context.get_tensor_shape("out")), dtype=torch.float32, device="cuda")
+        context.set_tensor_address("out", out.data_ptr())
+        if not context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        self.stream.synchronize()
+        return out
