@@ -1,6 +1,6 @@
 """Train the bundled class-conditional DiT on the digits; resumable across runs.
 
-    python -m tqdit_export.training.train_dit --steps 6000 --max-minutes 50
+    python -m tqdit_export.training.train_dit --steps 6000 [--max-minutes 50]
 
 Every `--save-every` steps the full state (model, EMA, optimizer, step, accumulated wall
 time, hardware used) is written atomically to `--state`; a later run with the same
@@ -45,6 +45,18 @@ def hardware_name(device: torch.device) -> str:
     return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
+def learning_rate(step: int, args: argparse.Namespace) -> float:
+    """Linear warm-up, constant, then a linear decay to 10% over the last `decay_steps` steps.
+
+    The schedule depends only on (step, total steps), so a run resumed with the same
+    --steps follows it exactly.
+    """
+    warm = min(1.0, (step + 1) / max(1, args.warmup))
+    decay_start = args.steps - args.decay_steps
+    decay = 1.0 if step < decay_start else 1.0 - 0.9 * (step - decay_start) / max(1, args.decay_steps)
+    return args.lr * warm * decay
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="DiT-digits", help="DiT config name (default DiT-digits)")
@@ -52,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--lr", type=float, default=6e-4, help="AdamW learning rate (default 6e-4)")
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps (default 200)")
+    p.add_argument("--decay-steps", type=int, default=1000,
+                   help="the last N steps decay the learning rate linearly to 10%% (default 1000)")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (default 0.999)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and noise (default 0)")
     p.add_argument("--save-every", type=int, default=250, help="steps between state saves (default 250)")
@@ -65,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     config = dit_config(args.config)
+    torch.manual_seed(args.seed)  # the initial weights, so a fresh run is reproducible
     model = DiT(config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
@@ -107,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             x_t = diffusion.q_sample(x0, t, noise).float()
             loss = diffusion.training_loss(model(x_t, t, y), x0, x_t, t, noise).mean()
             for group in opt.param_groups:
-                group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+                group["lr"] = learning_rate(step, args)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -129,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
             if out_of_time:
                 print(f"stopping at step {step}: --max-minutes {args.max_minutes} reached; run again to resume")
                 break
-    info = {"steps": step, "batch": args.batch, "lr": args.lr, "ema": args.ema, "seed": args.seed,
+    info = {"steps": step, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "decay_steps": args.decay_steps,
+            "ema": args.ema, "seed": args.seed,
             "train_wall_minutes": round(wall / 60, 2), "hardware": hardware, "torch": torch.__version__,
             "data": "sklearn digits, stratified 80/20 split seed 0 (train part)"}
     save_dit(ema.cpu().eval(), args.out, info=info)
