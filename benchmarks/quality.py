@@ -82,7 +82,8 @@ def write_tables(results: dict, out: Path) -> None:
     write_json(out.with_suffix(".json"), results)
     cells = results["cells"]
     lines = [f"# TQ-DiT quality on `{results['model']}`", "",
-             f"Command: `{results['command']}`  ", f"Machine: {results['machine']}  ",
+             "Commands (cells accumulate over runs): " + "; ".join(f"`{c}`" for c in results["commands"]) + "  ",
+             f"Machine: {results['machine']}  ",
              f"DDPM, cfg 1.5, {results['num']} samples per cell ({results['num'] // 10} per class), same noise for every row. "
              "FD: Fréchet distance to the held-out digits (bundled classifier features; lower is better); "
              "PSNR: paired with the FP samples of the same noise. Mean ± std over seeds where there are several.",
@@ -128,9 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     model = resolved.model
     json_path = args.out.with_suffix(".json")
     results = json.loads(json_path.read_text()) if json_path.exists() else {"cells": []}
-    results.update({"model": args.model, "num": args.num,
-                    "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    command = ("python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    # Cells accumulate over runs: keep every command that contributed some.
+    commands = results.get("commands", [results["command"]] if "command" in results else [])
+    results.update({"model": args.model, "num": args.num, "commands": commands + [command] * (command not in commands),
                     "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"})
+    results.pop("command", None)
     done = {(c["row"], c["bits"], c["steps"], c["seed"]) for c in results["cells"]}
     fp_cache: dict[tuple[int, int], np.ndarray] = {}
 

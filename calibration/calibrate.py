@@ -95,9 +95,23 @@ def _check_finite(data: list[GroupData]) -> None:
                 )
 
 
-def _merge(data: list[GroupData]) -> list[GroupData]:
-    return [GroupData(tuple(torch.cat(ts) for ts in zip(*(d.inputs for d in data))),
-                      tuple(torch.cat(ts) for ts in zip(*(d.target for d in data))))]
+def _merge_captures(caps: list[dict[str, _Captured]], gen: torch.Generator) -> list[dict[str, _Captured]]:
+    """One capture for all groups (no TGQ). Groups are captured one by one and merged here,
+    so peak memory stays that of one group's forward and backward pass. Rows are shuffled
+    so any prefix mixes all groups; the percentile of the merged data is approximated by
+    the largest per-group percentile."""
+    merged = {}
+    for name in caps[0]:
+        parts = [c[name] for c in caps]
+        grad2 = torch.cat([p.grad2 for p in parts])
+        order = torch.randperm(grad2.shape[0], generator=gen).to(grad2.device)
+        merged[name] = _Captured(
+            operands={op: torch.cat([p.operands[op] for p in parts])[order] for op in parts[0].operands},
+            grad2=grad2[order],
+            absmax={op: torch.stack([p.absmax[op] for p in parts]).amax() for op in parts[0].absmax},
+            percentile={op: torch.stack([p.percentile[op] for p in parts]).amax() for op in parts[0].percentile},
+        )
+    return [merged]
 
 
 def _percentile(x: torch.Tensor, q: float, gen: torch.Generator) -> torch.Tensor:
@@ -169,15 +183,13 @@ def calibrate(
     """Calibrate `sites` of `model` on per-group data; returns the record.
 
     `data[g]` holds the inputs of time group g of `time_groups` (G = config.num_groups).
-    Without TGQ the groups are merged into one. `loss_fn(output, target)` must have real
+    Without TGQ the groups' captures are merged into one group. `loss_fn(output, target)` must have real
     gradients (e.g. the denoising loss against the true noise): HO weights by them.
     """
     if len(data) != time_groups.num_groups or time_groups.num_groups != config.num_groups:
         raise ValueError(f"got data for {len(data)} groups and {time_groups.num_groups} time groups; "
                          f"config asks for {config.num_groups}")
     _check_finite(data)
-    if not config.tgq:
-        data, time_groups = _merge(data), TimeGroups((0, time_groups.num_timesteps))
     gen = torch.Generator().manual_seed(config.seed)
     model = model.eval()
     was = [p.requires_grad for p in model.parameters()]
@@ -188,6 +200,8 @@ def calibrate(
     finally:
         for p, r in zip(model.parameters(), was):
             p.requires_grad_(r)
+    if not config.tgq:
+        caps, time_groups = _merge_captures(caps, gen), TimeGroups((0, time_groups.num_timesteps))
     if config.use_mrq:
         site_list = sites
     else:
