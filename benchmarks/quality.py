@@ -105,7 +105,7 @@ def write_tables(results: dict, out: Path) -> None:
             f"| {bits} | {row} | {steps} | {len(group)} | {fmt([c['fd'] for c in group], 3)} | "
             f"{fmt([c['fd_reference'] for c in group], 3)} | "
             f"{fmt([c['accuracy'] for c in group], 3)} | {fmt(psnr, 2) if psnr else '—'} | "
-            f"{group[0].get('calib_seconds', '—')} | {group[0].get('calib_peak_rss_mib', '—')} |")
+            f"{group[0].get('calib_seconds', '—')} | {group[0].get('calib_peak_rss_mib') or '—'} |")
     lines += ["", "FD reference: real train digits (as many as the samples) vs the held-out set, with the "
               "cell's seed choosing the draw: what a perfect generator would score."]
     with atomic_output(out.with_suffix(".md")) as tmp:

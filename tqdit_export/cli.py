@@ -110,9 +110,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB.
+
+    Linux's VmHWM starts afresh at exec; getrusage's ru_maxrss does not (a process started
+    from a large parent reports the parent's peak), so it is only the fallback.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
     from calibration.calibrate import CalibrationConfig
 
     from .models import resolve_model
@@ -133,7 +148,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     record.method.update({"model": resolved.name, "wall_seconds": round(elapsed, 2)})
     record.save(args.out)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss_mb = peak_rss_mib()
     gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if device.startswith("cuda") else ""
     print(f"calibrated {resolved.name} {args.bits} ({config.method}, tgq={config.tgq}, mrq={config.use_mrq}, "
           f"ho={config.use_ho}, G={config.groups}, {args.samples_per_group} samples/group, "
