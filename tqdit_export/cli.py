@@ -223,8 +223,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("| backend | FD | FD reference | accuracy | PSNR vs FP32 (dB) | ms per step |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['fd']:.3f} | {r['fd_reference']:.3f} | {r['accuracy']:.3f} | "
-              f"{r.get('psnr_vs_fp', float('nan')):.2f} | {r['ms_per_step']:.0f} |")
+        psnr = f"{r['psnr_vs_fp']:.2f}" if "psnr_vs_fp" in r else "—"
+        print(f"| {name} | {r['fd']:.3f} | {r['fd_reference']:.3f} | {r['accuracy']:.3f} | {psnr} | "
+              f"{r['ms_per_step']:.0f} |")
     write_json(out / "demo.json", {name: {k: v for k, v in r.items() if k != "images"} for name, r in rows.items()})
     return 0
 
