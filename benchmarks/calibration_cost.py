@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from tqdit_export.hardware import cpu_name
 from tqdit_export.io import atomic_output, write_json
 from tqdit_export.models import DIT_CONFIGS, DiT, save_dit
 
@@ -29,12 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def main(argv: list[str] | None = None) -> None:

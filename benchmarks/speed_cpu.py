@@ -14,7 +14,6 @@ benchmarks/results/speed_cpu.{json,md}.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,8 @@ from calibration.calibrate import CalibrationConfig
 from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.io import atomic_output, write_json
 from tqdit_export.models import DIT_CONFIGS, DiT, resolve_model
-from tqdit_export.onnx import cpu_has_vnni, export_dit
+from tqdit_export.hardware import cpu_has_vnni, cpu_name
+from tqdit_export.onnx import export_dit
 from tqdit_export.quant import calibrate_dit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -101,12 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.models:
             rows += bench_model(name, args, Path(tmp))
     command = "python benchmarks/speed_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    machine = f"{cpu}, {args.threads} threads, VNNI: {cpu_has_vnni()}, onnxruntime {__import__('onnxruntime').__version__}"
+    machine = f"{cpu_name()}, {args.threads} threads, VNNI: {cpu_has_vnni()}, onnxruntime {__import__('onnxruntime').__version__}"
     write_json(args.out.with_suffix(".json"), {"command": command.strip(), "machine": machine, "batch": args.batch,
                                                "rows": rows})
     lines = ["# CPU speed per denoiser call (ONNX Runtime)", "", f"Command: `{command.strip()}`  ",

@@ -23,7 +23,7 @@ import torch
 
 from calibration.time_groups import TimeGroups
 
-from ..io import atomic_output
+from ..io import atomic_output, file_sha256
 from ..onnx.export import MANIFEST
 
 
@@ -76,12 +76,8 @@ def builder_flags(trt: ModuleType, settings: BuildSettings) -> list:
 
 def engine_cache_key(onnx_path: Path, trt_version: str, gpu_name: str, settings: BuildSettings) -> str:
     """Engines depend on the graph, the TensorRT version, the GPU and the build settings."""
-    h = hashlib.sha256()
-    with open(onnx_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    h.update(json.dumps([trt_version, gpu_name, settings.__dict__], sort_keys=True).encode())
-    return h.hexdigest()[:24]
+    key = json.dumps([file_sha256(onnx_path), trt_version, gpu_name, settings.__dict__], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def build_engine(onnx_path: Path, cache_dir: Path, settings: BuildSettings = BuildSettings(),

@@ -1,6 +1,6 @@
 """Q/DQ ONNX export of calibrated DiTs."""
-from .export import LAYOUTS, MANIFEST, SingleLayoutDiT, cpu_has_vnni, export_onnx, export_dit, qdq_model
+from .export import LAYOUTS, MANIFEST, SingleLayoutDiT, export_onnx, export_dit, qdq_model
 from .lint import Finding, LintError, lint_file, lint_model
 
-__all__ = ["LAYOUTS", "MANIFEST", "SingleLayoutDiT", "cpu_has_vnni", "export_onnx", "export_dit", "qdq_model", "Finding", "LintError",
+__all__ = ["LAYOUTS", "MANIFEST", "SingleLayoutDiT", "export_onnx", "export_dit", "qdq_model", "Finding", "LintError",
            "lint_file", "lint_model"]

@@ -16,7 +16,6 @@ timestep range of each group, and is written atomically (a complete folder or no
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import warnings
@@ -29,7 +28,8 @@ import torch.nn as nn
 from calibration.quantizers import qrange
 from calibration.record import CalibrationRecord
 
-from ..io import atomic_folder
+from ..hardware import cpu_has_vnni
+from ..io import atomic_folder, file_sha256
 from ..models.dit import DiT
 from .lint import LintError, lint_model
 from .qdq import GroupInput, QDQLinear, QDQMatMul, activation_qdq
@@ -37,15 +37,6 @@ from .qdq import GroupInput, QDQLinear, QDQMatMul, activation_qdq
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 INT8_OPSET = 17  # ONNX Runtime refuses int8 Q/DQ graphs at opset >= 21 with optimizations on
-
-
-def cpu_has_vnni() -> bool:
-    """True when this CPU has AVX-VNNI or AVX512-VNNI (ORT's u8 x s8 kernel is exact with 8-bit weights)."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
@@ -117,14 +108,6 @@ def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8
     return proto
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 LAYOUTS = ("per-group", "single")
 
 
@@ -147,11 +130,11 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
                 name = f"group_{g:02d}.onnx"
                 export_onnx(qdq_model(model, record, g, weight_reduce_range), example, tmp / name)
                 lo, hi = record.time_groups.timestep_range(g)
-                graphs.append({"file": name, "time_group": g, "timesteps": [lo, hi], "sha256": _sha256(tmp / name)})
+                graphs.append({"file": name, "time_group": g, "timesteps": [lo, hi], "sha256": file_sha256(tmp / name)})
         elif layout == "single":
             export_onnx(SingleLayoutDiT(model, record, weight_reduce_range), (*example, torch.tensor(0)),
                         tmp / "single.onnx")
-            graphs.append({"file": "single.onnx", "time_group": "input", "sha256": _sha256(tmp / "single.onnx")})
+            graphs.append({"file": "single.onnx", "time_group": "input", "sha256": file_sha256(tmp / "single.onnx")})
             inputs["time_group"] = "int64 scalar: the group whose timestep range holds t"
         else:
             raise ValueError(f"layout {layout!r} is unknown; choose one of {LAYOUTS}")
@@ -171,6 +154,6 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
         }
         if fp32:
             export_onnx(copy.deepcopy(model).eval(), example, tmp / "fp32.onnx")
-            manifest["fp32"] = {"file": "fp32.onnx", "sha256": _sha256(tmp / "fp32.onnx")}
+            manifest["fp32"] = {"file": "fp32.onnx", "sha256": file_sha256(tmp / "fp32.onnx")}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

@@ -26,6 +26,7 @@ from calibration.sites import Site, find_sites
 from calibration.time_groups import TimeGroups
 
 from ..diffusion import NUM_TRAIN_TIMESTEPS, GaussianDiffusion, SamplerConfig, linear_betas, sample
+from ..engines.torch_backend import TorchBackend
 from ..models.dit import DiT
 
 SITE_PATTERN = r"blocks\.\d+\.(attn\.(qkv|proj|matmul_qk|matmul_av)|mlp\.(fc1|fc2))|final_layer\.linear"
@@ -79,12 +80,7 @@ def collect_calibration_data(
     n = samples_per_group
     labels = torch.arange(n) % cfg.num_classes
     trajectory: list[tuple[int, torch.Tensor]] = []
-    dev_model = model.to(device)
-
-    def denoiser(x, t, y):
-        return dev_model(x.to(device), t.to(device), y.to(device))
-
-    x0 = sample(denoiser, labels, (cfg.in_channels, cfg.input_size, cfg.input_size),
+    x0 = sample(TorchBackend(model, device), labels, (cfg.in_channels, cfg.input_size, cfg.input_size),
                 SamplerConfig("ddpm", steps, cfg_scale, clip_denoised), model.null_class, seed=seed,
                 progress=progress, on_step=lambda t, x, y: trajectory.append((t, x.clone())))
     abar = _TRAIN_DIFFUSION.alphas_cumprod

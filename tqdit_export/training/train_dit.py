@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from ..data import digits_split
+from ..hardware import cpu_name
 from ..io import atomic_output
 from ..diffusion import NUM_TRAIN_TIMESTEPS, GaussianDiffusion, linear_betas
 from ..models.checkpoint import save_dit
@@ -34,15 +34,7 @@ def hardware_name(device: torch.device) -> str:
     """A human-readable name of what trained (GPU model, or CPU model and thread count)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 def learning_rate(step: int, args: argparse.Namespace) -> float:
