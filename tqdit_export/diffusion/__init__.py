@@ -1,8 +1,20 @@
-"""Diffusion process and samplers; backend-agnostic (they call a denoiser)."""
-from .gaussian import NUM_TRAIN_TIMESTEPS, GaussianDiffusion, linear_betas, space_timesteps
-from .samplers import SAMPLERS, Denoiser, SamplerConfig, guided_output, sample
+"""Diffusion process and samplers; backend-agnostic (they call a denoiser).
 
-__all__ = [
-    "NUM_TRAIN_TIMESTEPS", "GaussianDiffusion", "linear_betas", "space_timesteps",
-    "SAMPLERS", "Denoiser", "SamplerConfig", "guided_output", "sample",
-]
+Names load lazily, so `tqdit_export.diffusion.schedule` (numpy only) imports without torch:
+the edge runtime depends on that.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "NUM_TRAIN_TIMESTEPS": "schedule", "linear_betas": "schedule", "space_timesteps": "schedule",
+    "GaussianDiffusion": "gaussian",
+    "SAMPLERS": "samplers", "Denoiser": "samplers", "SamplerConfig": "samplers", "guided_output": "samplers",
+    "sample": "samplers",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

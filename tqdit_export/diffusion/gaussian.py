@@ -14,40 +14,9 @@ import math
 import numpy as np
 import torch
 
-NUM_TRAIN_TIMESTEPS = 1000
+from .schedule import NUM_TRAIN_TIMESTEPS, linear_betas, respaced_betas, schedule_tables, space_timesteps
 
-
-def linear_betas(num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
-    """Linear schedule of DDPM, scaled so any T spans the same noise range (1e-4..0.02 at T=1000)."""
-    scale = 1000 / num_timesteps
-    return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
-
-
-def space_timesteps(num_timesteps: int, steps: int | str) -> list[int]:
-    """Training timesteps kept by a respaced sampler of `steps` steps, ascending.
-
-    `steps` as an int (or "100") spaces evenly with both ends kept, like ADM's single
-    section; "ddimN" uses the stride range(0, T, T // N) of the DDIM paper.
-    """
-    if isinstance(steps, str) and steps.startswith("ddim"):
-        n = int(steps[len("ddim") :])
-        for stride in range(1, num_timesteps):
-            if len(range(0, num_timesteps, stride)) == n:
-                return list(range(0, num_timesteps, stride))
-        raise ValueError(f"cannot make exactly {n} DDIM steps out of {num_timesteps} timesteps")
-    n = int(steps)
-    if not 1 <= n <= num_timesteps:
-        raise ValueError(f"steps={n} must be between 1 and {num_timesteps}")
-    if n == 1:
-        return [0]
-    # Accumulate the float stride exactly as ADM does, so respaced schedules match its
-    # checkpoints' sampling bit for bit (i * stride can round differently at .5).
-    stride = (num_timesteps - 1) / (n - 1)
-    kept, cur = set(), 0.0
-    for _ in range(n):
-        kept.add(round(cur))
-        cur += stride
-    return sorted(kept)
+__all__ = ["NUM_TRAIN_TIMESTEPS", "GaussianDiffusion", "linear_betas", "space_timesteps"]
 
 
 def _extract(arr: torch.Tensor, t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -65,45 +34,19 @@ class GaussianDiffusion:
     """
 
     def __init__(self, betas: np.ndarray, timestep_map: list[int] | None = None) -> None:
-        betas = np.asarray(betas, dtype=np.float64)
-        if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
-            raise ValueError("betas must be a 1-D array in (0, 1]")
-        self.num_timesteps = len(betas)
+        tables = schedule_tables(betas)
+        self.num_timesteps = len(tables["betas"])
         self.timestep_map = list(range(self.num_timesteps)) if timestep_map is None else list(timestep_map)
         if len(self.timestep_map) != self.num_timesteps:
             raise ValueError("timestep_map must have one entry per step")
-        alphas = 1.0 - betas
-        ac = np.cumprod(alphas)
-        ac_prev = np.append(1.0, ac[:-1])
-        post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
-        # The posterior variance is 0 at t=0: clip the log like ADM.
-        post_log_var = np.log(np.append(post_var[1], post_var[1:])) if len(post_var) > 1 else np.log(betas)
-
-        t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
-        self.betas = t(betas)
-        self.alphas_cumprod = t(ac)
-        self.alphas_cumprod_prev = t(ac_prev)
-        self.sqrt_alphas_cumprod = t(np.sqrt(ac))
-        self.sqrt_one_minus_alphas_cumprod = t(np.sqrt(1.0 - ac))
-        self.sqrt_recip_alphas_cumprod = t(np.sqrt(1.0 / ac))
-        self.sqrt_recipm1_alphas_cumprod = t(np.sqrt(1.0 / ac - 1))
-        self.posterior_variance = t(post_var)
-        self.posterior_log_variance_clipped = t(post_log_var)
-        self.posterior_mean_coef1 = t(betas * np.sqrt(ac_prev) / (1.0 - ac))
-        self.posterior_mean_coef2 = t((1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac))
-        self.log_betas = t(np.log(betas))
+        for name, table in tables.items():
+            setattr(self, name, torch.from_numpy(table))
 
     @classmethod
     def respaced(cls, steps: int | str, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> "GaussianDiffusion":
         """The linear-beta process respaced to `steps` (an int, or "ddimN")."""
-        base = linear_betas(num_train_timesteps)
-        ac = np.cumprod(1.0 - base)
-        kept = space_timesteps(num_train_timesteps, steps)
-        new_betas, last = [], 1.0
-        for i in kept:
-            new_betas.append(1 - ac[i] / last)
-            last = ac[i]
-        return cls(np.array(new_betas), timestep_map=kept)
+        betas, kept = respaced_betas(steps, num_train_timesteps)
+        return cls(betas, timestep_map=kept)
 
     def training_timesteps(self, step: torch.Tensor) -> torch.Tensor:
         """Map respaced step indices (N,) to the training timesteps the model expects."""

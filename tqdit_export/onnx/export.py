@@ -9,7 +9,12 @@ Layouts:
   (one engine per group; the weights are stored G times);
 - `single`: one graph with an extra int64 scalar input `time_group`; per-group scales
   become constant-scale Q/DQ around runtime rescale factors gathered from a table
-  (x * r_g -> Q/DQ(s0) -> GEMM -> * 1/r_g, exact), so the weights are stored once.
+  (x * r_g -> Q/DQ(s0) -> GEMM -> * 1/r_g, exact), so the weights are stored once;
+- `plugin`: one graph with the same `time_group` input whose activation quantizers are the
+  TensorRT plugin `tqdit::TimeGroupQuantize` (trt_plugins/): the plugin reads the group on
+  the device and emits int8 codes -> DQ(1) -> GEMM -> * s_g. TensorRT needs the plugin
+  library (or the Python plugin) registered; ONNX Runtime runs it through the reference
+  expansion in `plugin_ref`.
 The output folder holds `manifest.json` naming every graph, its layout and the training
 timestep range of each group, and is written atomically (a complete folder or none).
 """
@@ -32,10 +37,11 @@ from ..hardware import cpu_has_vnni
 from ..io import atomic_folder, file_sha256
 from ..models.dit import DiT
 from .lint import LintError, lint_model
-from .qdq import GroupInput, QDQLinear, QDQMatMul, activation_qdq
+from .manifest import MANIFEST, MANIFEST_VERSION
+from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+from .qdq import GroupInput, PluginGroupInput, QDQLinear, QDQMatMul, activation_qdq
+
 INT8_OPSET = 17  # ONNX Runtime refuses int8 Q/DQ graphs at opset >= 21 with optimizations on
 
 
@@ -79,6 +85,20 @@ class SingleLayoutDiT(nn.Module):
         return self.qmodel(x, t, y)
 
 
+class PluginLayoutDiT(SingleLayoutDiT):
+    """The plugin layout's graph: like the single layout, with TimeGroupQuantize plugins reading `time_group`."""
+
+    def __init__(self, model: DiT, record: CalibrationRecord, weight_reduce_range: bool = False) -> None:
+        nn.Module.__init__(self)
+        self.group_input = PluginGroupInput()
+        self.qmodel = qdq_model(model, record, self.group_input, weight_reduce_range)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, time_group: torch.Tensor) -> torch.Tensor:
+        # The plugin reads an int32 [1] tensor on the device; cast once here for every site.
+        self.group_input.index = time_group.reshape(1).to(torch.int32)
+        return self.qmodel(x, t, y)
+
+
 def _example_inputs(model: DiT) -> tuple[torch.Tensor, ...]:
     c = model.config
     return (torch.zeros(2, c.in_channels, c.input_size, c.input_size), torch.tensor([1, 1]),
@@ -98,6 +118,8 @@ def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8
             input_names=["x", "t", "y", "time_group"][: len(example)],
             output_names=["out"], dynamic_axes={n: {0: "batch"} for n in ("x", "t", "y", "out")},
             do_constant_folding=True,
+            # the plugin's domain, only where the graph has plugin nodes (torch warns about an unused one)
+            custom_opsets={PLUGIN_NAMESPACE: 1} if isinstance(module, PluginLayoutDiT) else None,
         )
     proto = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(proto)
@@ -108,7 +130,7 @@ def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8
     return proto
 
 
-LAYOUTS = ("per-group", "single")
+LAYOUTS = ("per-group", "single", "plugin")
 
 
 def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layout: str = "per-group",
@@ -131,10 +153,11 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
                 export_onnx(qdq_model(model, record, g, weight_reduce_range), example, tmp / name)
                 lo, hi = record.time_groups.timestep_range(g)
                 graphs.append({"file": name, "time_group": g, "timesteps": [lo, hi], "sha256": file_sha256(tmp / name)})
-        elif layout == "single":
-            export_onnx(SingleLayoutDiT(model, record, weight_reduce_range), (*example, torch.tensor(0)),
-                        tmp / "single.onnx")
-            graphs.append({"file": "single.onnx", "time_group": "input", "sha256": file_sha256(tmp / "single.onnx")})
+        elif layout in ("single", "plugin"):
+            module = (SingleLayoutDiT if layout == "single" else PluginLayoutDiT)(model, record, weight_reduce_range)
+            name = f"{layout}.onnx"
+            export_onnx(module, (*example, torch.tensor(0)), tmp / name)
+            graphs.append({"file": name, "time_group": "input", "sha256": file_sha256(tmp / name)})
             inputs["time_group"] = "int64 scalar: the group whose timestep range holds t"
         else:
             raise ValueError(f"layout {layout!r} is unknown; choose one of {LAYOUTS}")
@@ -152,6 +175,10 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
             "calibration": record.method,
             "graphs": graphs,
         }
+        if layout == "plugin":
+            manifest["plugin"] = {"name": PLUGIN_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION,
+                                  "library": "libtqdit_trt_plugins.so (cmake -S trt_plugins/csrc)",
+                                  "python": "trt_plugins.python_plugin.register()"}
         if fp32:
             export_onnx(copy.deepcopy(model).eval(), example, tmp / "fp32.onnx")
             manifest["fp32"] = {"file": "fp32.onnx", "sha256": file_sha256(tmp / "fp32.onnx")}

@@ -11,6 +11,9 @@ fail to fuse. Errors fail an export; warnings are reported. Rules (codes in brac
   channels (MatMul B [K, N]: axis 1; Gemm transB=1 and Conv weights: axis 0);
 - [fusion] a DequantizeLinear that reaches its GEMM through another node (a Cast, a Transpose,
   a second Q/DQ pair): TensorRT then runs the GEMM in float;
+- [plugin] a `tqdit::TimeGroupQuantize` plugin node without the `plugin_namespace` /
+  `plugin_version` attributes TensorRT's ONNX parser looks it up by, or with a scale table
+  or bit width the plugin refuses (empty, over 256 groups, a scale <= 0, bits outside 2..8);
 - [opset] default-domain opset below 13 (no per-channel Q/DQ) is an error; 21 and above a
   warning (ONNX Runtime refuses int8 Q/DQ graphs there with optimizations on).
 """
@@ -22,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, check_table
 
 GEMMS = ("MatMul", "Gemm", "Conv")
 ALLOWED_ZP_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN)
@@ -79,6 +84,9 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
         return name in shapes
 
     for index, node in enumerate(graph.node):
+        if node.op_type == PLUGIN_NAME and node.domain == PLUGIN_NAMESPACE:
+            findings += _check_plugin(node, _node_name(node, index))
+            continue
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
         name = _node_name(node, index)
@@ -107,6 +115,25 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
                                     f"per-channel scale on activation {node.input[0]!r}; activations are per tensor"))
         if node.op_type == "DequantizeLinear":
             findings += _check_consumer(node, name, per_channel and data_is_constant, shapes, consumers)
+    return findings
+
+
+def _check_plugin(node: onnx.NodeProto, name: str) -> list[Finding]:
+    """The plugin node carries what TensorRT needs to find and create the plugin."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    findings = []
+    for key, expected in (("plugin_namespace", PLUGIN_NAMESPACE), ("plugin_version", PLUGIN_VERSION)):
+        value = attrs.get(key)
+        value = value.decode() if isinstance(value, bytes) else value
+        if value != expected:
+            findings.append(Finding("error", "plugin", name, f"attribute {key}={value!r}; TensorRT's ONNX parser "
+                                    f"finds the plugin by {key}={expected!r}"))
+    try:
+        check_table(np.asarray(attrs.get("scales", []), dtype=np.float32), int(attrs.get("bits", 0)))
+    except ValueError as err:
+        findings.append(Finding("error", "plugin", name, str(err)))
+    if len(node.input) != 2:
+        findings.append(Finding("error", "plugin", name, f"{len(node.input)} inputs; the plugin takes (x, time_group)"))
     return findings
 
 

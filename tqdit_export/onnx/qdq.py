@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from calibration.quantizers import fake_quant, gelu_negative_scale, qrange
+from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 
 class _QDQ(torch.autograd.Function):
@@ -54,6 +55,41 @@ class _DequantWeight(torch.autograd.Function):
         return g.op("DequantizeLinear", codes, scale, zp, axis_i=1)
 
 
+class _TimeGroupQuantize(torch.autograd.Function):
+    """x -> int8 codes with the scale of the time group read at run time: the TensorRT plugin.
+
+    The ONNX node is the custom op `tqdit::TimeGroupQuantize` with the attributes TensorRT's
+    ONNX parser uses to find the plugin (`plugin_namespace`, `plugin_version`); its
+    arithmetic is trt_plugins.reference.time_group_quantize.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: torch.Tensor, scales: tuple[float, ...], bits: int) -> torch.Tensor:  # noqa: D102
+        lo, hi = qrange(bits)
+        table = torch.tensor(scales, dtype=x.dtype)
+        return torch.clamp(torch.round(x / table[group.long()]), lo, hi).to(torch.int8)
+
+    @staticmethod
+    def symbolic(g, x, group, scales: tuple[float, ...], bits: int):  # noqa: D102
+        out = g.op(f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}", x, group, scales_f=list(scales), bits_i=int(bits),
+                   plugin_namespace_s=PLUGIN_NAMESPACE, plugin_version_s=PLUGIN_VERSION)
+        out.setType(x.type().with_dtype(torch.int8))
+        return out
+
+
+class _DequantCodes(torch.autograd.Function):
+    """int8 codes -> float with scale 1: the DequantizeLinear TensorRT fuses into the GEMM after the plugin."""
+
+    @staticmethod
+    def forward(ctx, codes: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return codes.float()
+
+    @staticmethod
+    def symbolic(g, codes):  # noqa: D102
+        return g.op("DequantizeLinear", codes, g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float32)),
+                    g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8)))
+
+
 def qdq(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
     """Fake-quantize `x` as one ONNX Q/DQ pair (a Clip in front below 8 bits)."""
     return _QDQ.apply(x, float(scale), int(bits))
@@ -62,8 +98,16 @@ def qdq(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
 class GroupInput:
     """Where the single layout's modules read the time group: the graph input `time_group`."""
 
+    plugin = False
+
     def __init__(self) -> None:
         self.index: torch.Tensor | None = None
+
+
+class PluginGroupInput(GroupInput):
+    """The plugin layout's time group: an int32 [1] tensor the TimeGroupQuantize plugins read on the device."""
+
+    plugin = True
 
 
 class ActivationQDQ(nn.Module):
@@ -73,6 +117,9 @@ class ActivationQDQ(nn.Module):
     `GroupInput` (single layout) each part is rescaled at run time,
         x * r_g -> Q/DQ(s0) -> GEMM -> * 1/r_g,   r_g = s0 / s_g,
     which equals Q/DQ with scale s_g while the Q/DQ scale stays the constant s0 that TensorRT needs.
+    With a `PluginGroupInput` (plugin layout) each part is
+        TimeGroupQuantize(x, g) -> int8 codes -> DQ(1) -> GEMM -> * s_g,
+    the plugin picking s_g on the device (exact as well).
     `forward` returns the quantized parts whose GEMMs are summed, each with the factor its
     GEMM output is multiplied by (None for 1).
     """
@@ -102,6 +149,9 @@ class ActivationQDQ(nn.Module):
         if len(set(table)) == 1:  # the same scale in every group: a plain constant Q/DQ
             return qdq(x, table[0], self.bits), None
         index = self.group.index
+        if self.group.plugin:
+            return _DequantCodes.apply(_TimeGroupQuantize.apply(x, index, tuple(table), self.bits)), \
+                getattr(self, f"{name}_table")[index]
         return qdq(x * getattr(self, f"{name}_rescale")[index], max(table), self.bits), \
             getattr(self, f"{name}_restore")[index]
 

@@ -1,0 +1,12 @@
+"""Torch-free inference: numpy sampler + TensorRT engines (pycuda) or ONNX Runtime, as a Jetson runs it.
+
+Imports numpy, onnx/onnxruntime or tensorrt/pycuda only; `tests/edge` checks that importing
+and sampling never loads torch. JetPack 6 ships TensorRT 10.3: engines for it are built
+weakly typed with the INT8 flag (`tqdit build --target orin`), DLA is not assumed.
+
+    python -m tqdit_export.edge --engines out/build --num 20 --out samples.npz
+"""
+from .ort_runtime import OrtDenoiser, make_session
+from .sampler import EdgeSamplerConfig, group_of, sample_numpy
+
+__all__ = ["OrtDenoiser", "make_session", "EdgeSamplerConfig", "group_of", "sample_numpy"]
