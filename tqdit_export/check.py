@@ -71,7 +71,8 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
                  tolerance: float = 1e-2, clip_denoised: bool = False) -> list[GroupParity]:
     """Compare ORT over `onnx_dir` with the fake-quant model, group by group, on calibration inputs."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator
+    from polygraphy.comparator.compare import SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.WARNING  # one summary line per group is printed by the caller
@@ -92,7 +93,7 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
         runners = [_torch_runner(reference, ort_backend.feeds_group), OnnxrtRunner(session, name=f"onnxrt-group{g}")]
         run = Comparator.run(runners, data_loader=[feeds_ort])
         # Polygraphy's own verdict: the median element within `tolerance`, absolute or relative.
-        compare = CompareFunc.simple(atol=tolerance, rtol=tolerance, check_error_stat="median")
+        compare = SimpleCompareFunc(atol=tolerance, rtol=tolerance, check_error_stat="median")
         passed = bool(Comparator.compare_accuracy(run, compare_func=compare))
         ref, got = (run[i][1][0]["out"] for i in range(2))
         diff = np.abs(got - ref)

@@ -15,8 +15,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-# Folders are written the same way by calibration/ (records) and this package (exports).
-from calibration.record import atomic_folder  # noqa: F401
+
+
+def atomic_folder(path: str | Path, marker: str):
+    """calibration.record.atomic_folder: folders are written the same way by calibration/ (records)
+    and this package (exports). Imported on use, so this module stays torch-free for the edge runtime."""
+    from calibration.record import atomic_folder as _atomic_folder
+
+    return _atomic_folder(path, marker)
 
 
 @contextlib.contextmanager

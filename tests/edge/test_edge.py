@@ -1,0 +1,91 @@
+"""The torch-free edge path: the numpy sampler draws the same images as the torch sampler from
+the same denoiser outputs and noise (ONNX Runtime standing in for TensorRT), without importing torch."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.calibrate import CalibrationConfig
+from tqdit_export.diffusion import SamplerConfig, sample
+from tqdit_export.edge import EdgeSamplerConfig, OrtDenoiser, group_of, sample_numpy
+from tqdit_export.edge.trt_runtime import TrtDenoiser
+from tqdit_export.engines.ort_backend import OrtBackend
+from tqdit_export.io import load_samples
+from tqdit_export.onnx import export_dit
+from tqdit_export.quant import calibrate_dit
+
+
+@pytest.fixture(scope="module")
+def export_dir(make_tiny_dit, tmp_path_factory):
+    model = make_tiny_dit()
+    record = calibrate_dit(model, CalibrationConfig(8, 8, num_groups=3, rounds=1), samples_per_group=4,
+                           trajectory_steps=20, progress=False)
+    out = tmp_path_factory.mktemp("edge") / "export"
+    export_dit(model, record, out, layout="per-group", weight_reduce_range=True)
+    return out
+
+
+def _torch_noise(seed):
+    """The torch sampler's draws, in its order, for the numpy sampler's noise_fn."""
+    gen = torch.Generator().manual_seed(seed)
+    return lambda shape: torch.randn(shape, generator=gen).numpy()
+
+
+@pytest.mark.parametrize("sampler,steps,eta,cfg", [("ddpm", 20, 0.0, 1.5), ("ddim", 10, 0.0, 1.5),
+                                                    ("ddim", 10, 0.5, 1.0), ("ddpm", 7, 0.0, 1.0)])
+def test_numpy_sampler_draws_the_images_of_the_torch_sampler(export_dir, sampler, steps, eta, cfg):
+    labels = np.array([0, 3, 7, 9])
+    reference = sample(OrtBackend(export_dir, threads=1), torch.from_numpy(labels), (1, 8, 8),
+                       SamplerConfig(sampler, steps, cfg, clip_denoised=True, eta=eta), 10, seed=5,
+                       progress=False).numpy()
+    got = sample_numpy(OrtDenoiser(export_dir, threads=1), labels, (1, 8, 8),
+                       EdgeSamplerConfig(sampler, steps, cfg, clip_denoised=True, eta=eta), 10,
+                       noise_fn=_torch_noise(5))
+    assert got.dtype == np.float32 and got.shape == reference.shape
+    np.testing.assert_allclose(got, reference, atol=2e-5, rtol=0)
+
+
+def test_edge_path_runs_without_torch(export_dir, tmp_path):
+    script = f"""
+import sys
+import numpy as np
+from tqdit_export.edge import OrtDenoiser, EdgeSamplerConfig, sample_numpy
+x = sample_numpy(OrtDenoiser({str(export_dir)!r}, threads=1), np.array([1, 2]), (1, 8, 8),
+                 EdgeSamplerConfig("ddim", 5), 10)
+assert np.isfinite(x).all()
+print("torch" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_edge_cli_samples_with_onnx_runtime(export_dir, tmp_path):
+    out = tmp_path / "s.npz"
+    proc = subprocess.run([sys.executable, "-m", "tqdit_export.edge", "--onnx", str(export_dir), "--num", "3",
+                           "--steps", "4", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    images, labels, meta = load_samples(out)
+    assert images.shape == (3, 1, 8, 8) and labels.tolist() == [0, 1, 2] and meta["runtime"] == "ort"
+    assert json.loads(proc.stdout)["num"] == 3
+
+
+def test_group_lookup_matches_the_calibration_time_groups():
+    from calibration.time_groups import TimeGroups
+
+    groups = TimeGroups.uniform(10)
+    for t in (0, 99, 100, 555, 999):
+        assert group_of(list(groups.edges), np.array([t, t])) == groups.group_of(t)
+    with pytest.raises(ValueError, match="span"):
+        group_of(list(groups.edges), np.array([99, 100]))
+
+
+def test_trt_runtime_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tqdit build"):
+        TrtDenoiser(tmp_path)
+    (tmp_path / "build.json").write_text(json.dumps({"engines": [], "status": "onnx-only: TensorRT missing"}))
+    with pytest.raises(RuntimeError, match="no engines"):
+        TrtDenoiser(tmp_path)

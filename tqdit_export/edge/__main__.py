@@ -1,0 +1,65 @@
+"""Sample on an edge device without torch: engines of `tqdit build` (TensorRT + pycuda) or an
+export folder (ONNX Runtime).
+
+    python -m tqdit_export.edge --engines out/build --num 20 --steps 50 --out samples.npz
+    python -m tqdit_export.edge --onnx out/build/onnx --num 20 --out samples.npz
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..io import save_samples
+from ..onnx.manifest import read_manifest
+from .sampler import SAMPLERS, EdgeSamplerConfig, sample_numpy
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tqdit_export.edge", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--engines", type=Path, help="a `tqdit build` folder (TensorRT engines)")
+    src.add_argument("--onnx", type=Path, help="an export folder, run with ONNX Runtime")
+    p.add_argument("--plugin-library", type=Path, help="libtqdit_trt_plugins.so for plugin-layout engines")
+    p.add_argument("--num", type=int, default=10)
+    p.add_argument("--class", dest="cls", type=int, default=None, help="one class for every sample (default: all)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latent", action="store_true", help="latent-space model: do not clip x0 to [-1, 1]")
+    p.add_argument("--out", type=Path, required=True, help=".npz of images (N,C,H,W) in [-1, 1] and labels")
+    args = p.parse_args(argv)
+
+    if args.engines:
+        from .trt_runtime import TrtDenoiser, read_build
+
+        denoiser = TrtDenoiser(args.engines, args.plugin_library)
+        config = read_build(args.engines)["model"]["config"]
+    else:
+        from .ort_runtime import OrtDenoiser
+
+        denoiser = OrtDenoiser(args.onnx)
+        config = read_manifest(args.onnx)["model"]["config"]
+    num_classes = int(config["num_classes"])
+    labels = np.full(args.num, args.cls) if args.cls is not None else np.arange(args.num) % num_classes
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise SystemExit(f"--class must be in 0..{num_classes - 1}")
+    shape = (int(config["in_channels"]), int(config["input_size"]), int(config["input_size"]))
+    start = time.perf_counter()
+    images = sample_numpy(denoiser, labels, shape, EdgeSamplerConfig(args.sampler, args.steps, args.cfg,
+                                                                     clip_denoised=not args.latent), num_classes, args.seed)
+    elapsed = time.perf_counter() - start
+    save_samples(args.out, images, labels, {"sampler": args.sampler, "steps": args.steps, "cfg": args.cfg,
+                                            "seed": args.seed, "runtime": "trt" if args.engines else "ort"})
+    print(json.dumps({"out": str(args.out), "num": args.num, "seconds": round(elapsed, 2),
+                      "ms_per_step": round(1000 * elapsed / args.steps, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

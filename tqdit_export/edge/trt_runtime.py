@@ -1,0 +1,101 @@
+"""TensorRT engines run with pycuda and numpy only (no torch): the Jetson path.
+
+Reads a build folder written by `tqdit build` (its `build.json` names the engines, the
+layout and the time groups). Per-group engines share one activation buffer
+(user-managed device memory, sized to the largest engine), so G engines cost the
+activation memory of one. Plugin-layout engines need the TimeGroupQuantize plugin
+library loaded first (`plugin_library=` or TQDIT_TRT_PLUGIN_LIB).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .sampler import group_of
+
+BUILD_MANIFEST = "build.json"
+
+
+def read_build(build_dir: str | Path) -> dict:
+    """The build manifest, or a clear error when the folder has no engines."""
+    path = Path(build_dir) / BUILD_MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{build_dir}: no {BUILD_MANIFEST}; create it with `tqdit build`")
+    build = json.loads(path.read_text())
+    if not build.get("engines"):
+        raise RuntimeError(f"{build_dir}: the build has no engines ({build.get('status', 'unknown status')}); "
+                           "rerun `tqdit build` on a machine with TensorRT and a GPU")
+    return build
+
+
+class TrtDenoiser:
+    """`denoiser(x, t, y) -> out` on numpy arrays over the engines of a `tqdit build` folder."""
+
+    def __init__(self, build_dir: str | Path, plugin_library: str | Path | None = None) -> None:
+        self.build = read_build(build_dir)
+        try:
+            import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
+            import pycuda.driver as cuda
+            import tensorrt as trt
+        except ImportError as err:
+            raise RuntimeError("the edge runtime needs tensorrt and pycuda (JetPack ships TensorRT; "
+                               "pip install pycuda)") from err
+        self.cuda, build_dir = cuda, Path(build_dir)
+        self.edges = list(self.build["time_groups"])
+        self.feeds_group = self.build["layout"] in ("single", "plugin")
+        logger = trt.Logger(trt.Logger.WARNING)
+        if self.build["layout"] == "plugin":
+            library = plugin_library or os.environ.get("TQDIT_TRT_PLUGIN_LIB")
+            if not library:
+                raise RuntimeError("plugin-layout engines need the TimeGroupQuantize plugin: pass plugin_library= or "
+                                   "set TQDIT_TRT_PLUGIN_LIB to libtqdit_trt_plugins.so (cmake -S trt_plugins/csrc)")
+            trt.get_plugin_registry().load_library(str(library))
+        runtime = trt.Runtime(logger)
+        entries = sorted(self.build["engines"], key=lambda e: str(e["time_group"]))
+        self.engines = [runtime.deserialize_cuda_engine((build_dir / e["file"]).read_bytes()) for e in entries]
+        if any(e is None for e in self.engines):
+            raise RuntimeError(f"{build_dir}: an engine did not deserialize (built for another TensorRT or GPU?)")
+        sizes = [getattr(e, "device_memory_size_v2", None) or e.device_memory_size for e in self.engines]
+        self.activations = cuda.mem_alloc(max(max(sizes), 1))
+        self.contexts = []
+        for engine in self.engines:
+            context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            if hasattr(context, "set_device_memory"):  # TensorRT >= 10.1
+                context.set_device_memory(int(self.activations), max(sizes))
+            else:
+                context.device_memory = int(self.activations)
+            self.contexts.append(context)
+        self.stream = cuda.Stream()
+        self._buffers: dict[str, tuple[int, object]] = {}
+
+    def _device(self, name: str, nbytes: int):
+        """A device buffer for tensor `name`, grown when a larger batch arrives."""
+        size, buf = self._buffers.get(name, (0, None))
+        if nbytes > size:
+            buf = self.cuda.mem_alloc(max(nbytes, 1))
+            self._buffers[name] = (nbytes, buf)
+        return buf
+
+    def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+        g = group_of(self.edges, t)
+        context = self.contexts[0] if len(self.contexts) == 1 else self.contexts[g]
+        feeds = {"x": np.ascontiguousarray(x, dtype=np.float32), "t": np.ascontiguousarray(t, dtype=np.int64),
+                 "y": np.ascontiguousarray(y, dtype=np.int64)}
+        if self.feeds_group:
+            feeds["time_group"] = np.array(g, dtype=np.int64)
+        for name, host in feeds.items():
+            buf = self._device(name, host.nbytes)
+            self.cuda.memcpy_htod_async(buf, host, self.stream)
+            context.set_input_shape(name, host.shape)
+            context.set_tensor_address(name, int(buf))
+        out = np.empty(tuple(context.get_tensor_shape("out")), dtype=np.float32)
+        out_buf = self._device("out", out.nbytes)
+        context.set_tensor_address("out", int(out_buf))
+        if not context.execute_async_v3(self.stream.handle):
+            raise RuntimeError("TensorRT execution failed")
+        self.cuda.memcpy_dtoh_async(out, out_buf, self.stream)
+        self.stream.synchronize()
+        return out
