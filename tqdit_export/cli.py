@@ -1,7 +1,8 @@
-"""`tqdit` command line: sample and evaluate (later: calibrate, export, lint, build).
+"""`tqdit` command line: sample, evaluate, calibrate, export, lint, check, build, doctor, demo.
 
     tqdit sample --model dit-digits --steps 100 --cfg 1.5 --num 500 --out grid.png --save-npz s.npz
     tqdit eval --samples s.npz --json eval.json
+    tqdit build --model dit-digits --bits W8A8 --target h100 --out out/build
 """
 from __future__ import annotations
 
@@ -230,6 +231,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    """checkpoint (+ record) -> export -> lint -> engines; exits ENGINES_MISSING without TensorRT or a GPU."""
+    import shlex
+    import tempfile
+
+    from calibration.calibrate import CalibrationConfig
+    from calibration.record import CalibrationRecord
+
+    from .build import ENGINES_MISSING, build
+    from .models import resolve_model
+    from .quant import calibrate_dit, parse_bits
+
+    resolved = resolve_model(args.model)
+    command = "tqdit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["build"] else ""
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.record is not None:
+            record_dir = args.record
+            record = CalibrationRecord.load(record_dir, resolved.model)
+        else:
+            w_bits, a_bits = parse_bits(args.bits)
+            start = time.perf_counter()
+            record = calibrate_dit(resolved.model, CalibrationConfig(w_bits, a_bits, num_groups=args.groups,
+                                                                     rounds=args.rounds),
+                                   samples_per_group=args.samples_per_group, clip_denoised=resolved.pixel_space,
+                                   trajectory_steps=args.trajectory_steps, progress=not args.quiet)
+            record.method.update({"model": resolved.name, "wall_seconds": round(time.perf_counter() - start, 2)})
+            record_dir = Path(scratch) / "record"
+            record.save(record_dir)
+            print(f"calibrated {args.bits} (G={args.groups}) in {time.perf_counter() - start:.1f} s")
+        info, status = build(resolved.model, resolved.name, record, Path(record_dir), args.out, args.target,
+                             layout=args.layout, plugin_library=args.plugin_library, command=command)
+    onnx_mib = sum(info["sizes_bytes"]["onnx"].values()) / 2**20
+    print(f"exported {len(info['sizes_bytes']['onnx'])} {info['layout']} graph(s) ({onnx_mib:.2f} MiB), "
+          f"lint findings: {info['lint']['findings']} -> {args.out}")
+    if status == ENGINES_MISSING:
+        print(f"tqdit build: engines not built: {info['reason']}\n"
+              f"  the ONNX graphs, lint.json and build.json (status onnx-only) are in {args.out}; rerun on a "
+              f"machine with TensorRT and a GPU, e.g. with --record {args.out}/record", file=sys.stderr)
+        return status
+    print(f"built {len(info['engines'])} engine(s) with TensorRT {info['tensorrt']} on {info['gpu']}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from .doctor import format_report, report
+
+    info = report()
+    print(json.dumps(info, indent=2) if args.json else format_report(info))
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from calibration.record import CalibrationRecord
 
@@ -335,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--model", default="dit-digits", help="the calibrated model (default dit-digits)")
     x.add_argument("--record", type=Path, required=True, help="calibration record folder")
     x.add_argument("--out", type=Path, required=True, help="export folder to write")
-    x.add_argument("--layout", choices=("per-group", "single"), default="per-group", help="default per-group")
+    x.add_argument("--layout", choices=("per-group", "single", "plugin"), default="per-group",
+                   help="per-group (one graph per time group), single (rescale table), plugin (TensorRT "
+                        "TimeGroupQuantize plugin); default per-group")
     x.add_argument("--fp32", action="store_true", help="also write the unquantized graph (speed/quality baseline)")
     x.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                    help="7-bit weight codes for ONNX Runtime on CPUs without VNNI (auto: detect)")
@@ -361,6 +417,32 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--tolerance", type=float, default=1e-2, help="largest relative L2 error (default 1e-2)")
     ch.add_argument("--json", type=Path, default=None, help="also write the statistics as JSON")
     ch.set_defaults(func=cmd_check)
+
+    b = sub.add_parser("build", help="checkpoint (+ record) -> export -> lint -> TensorRT engines + build.json (CI)")
+    b.add_argument("--model", default="dit-digits", help="bundled model name or checkpoint path (default dit-digits)")
+    b.add_argument("--record", type=Path, default=None, help="calibration record (default: calibrate with --bits)")
+    b.add_argument("--bits", default="W8A8", help="calibration widths when no --record (default W8A8)")
+    b.add_argument("--groups", type=int, default=10, help="time groups when calibrating (default 10)")
+    b.add_argument("--samples-per-group", type=int, default=32, help="when calibrating (default 32)")
+    b.add_argument("--trajectory-steps", type=int, default=100, help="when calibrating: DDPM steps of the FP "
+                   "trajectories (default 100)")
+    b.add_argument("--rounds", type=int, default=3, help="when calibrating: weight/activation rounds (default 3)")
+    from .build import TARGETS
+
+    b.add_argument("--target", choices=sorted(TARGETS), default="h100",
+                   help="layout and TensorRT network typing defaults: " +
+                        "; ".join(f"{k}: {t.description}, {t.layout}" for k, t in TARGETS.items()) + " (default h100)")
+    b.add_argument("--layout", choices=("per-group", "single", "plugin"), default=None,
+                   help="override the target's layout")
+    b.add_argument("--plugin-library", type=Path, default=None,
+                   help="libtqdit_trt_plugins.so for the plugin layout (default: the Python plugin)")
+    b.add_argument("--out", type=Path, required=True, help="build folder to write")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_build)
+
+    dr = sub.add_parser("doctor", help="report what this machine can run (torch, ORT, VNNI, GPU, TensorRT, pycuda)")
+    dr.add_argument("--json", action="store_true", help="machine-readable output")
+    dr.set_defaults(func=cmd_doctor)
 
     li = sub.add_parser("lint", help="report Q/DQ nodes TensorRT would reject or fail to fuse")
     li.add_argument("files", nargs="+", type=Path, help="ONNX files")

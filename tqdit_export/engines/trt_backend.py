@@ -80,10 +80,34 @@ def engine_cache_key(onnx_path: Path, trt_version: str, gpu_name: str, settings:
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+def load_time_group_plugin(trt: ModuleType, plugin_library: str | Path | None = None) -> str:
+    """Register TimeGroupQuantize with TensorRT: the C++ library when given (or TQDIT_TRT_PLUGIN_LIB),
+    else the `tensorrt.plugin` Python variant. Returns which one."""
+    import os
+
+    library = plugin_library or os.environ.get("TQDIT_TRT_PLUGIN_LIB")
+    if library:
+        if not Path(library).exists():
+            raise FileNotFoundError(f"plugin library {library} does not exist; build it with "
+                                    "`cmake -S trt_plugins/csrc -B build/trt_plugins && cmake --build build/trt_plugins`")
+        trt.get_plugin_registry().load_library(str(library))
+        return str(library)
+    from trt_plugins.python_plugin import register
+
+    register()
+    return "trt_plugins.python_plugin"
+
+
 def build_engine(onnx_path: Path, cache_dir: Path, settings: BuildSettings = BuildSettings(),
-                 input_shape: tuple[int, int, int] | None = None) -> Path:
-    """Build (or reuse from `cache_dir`) the serialized engine of one ONNX graph; returns its path."""
+                 input_shape: tuple[int, int, int] | None = None, plugin_library: str | Path | None = None,
+                 load_plugin: bool = False) -> Path:
+    """Build (or reuse from `cache_dir`) the serialized engine of one ONNX graph; returns its path.
+
+    `load_plugin` (plugin layout): register the TimeGroupQuantize plugin before parsing.
+    """
     trt = import_tensorrt()
+    if load_plugin:
+        load_time_group_plugin(trt, plugin_library)
     if not torch.cuda.is_available():
         raise RuntimeError("building a TensorRT engine needs a CUDA GPU; none is visible")
     gpu = torch.cuda.get_device_name(0)
@@ -141,7 +165,8 @@ class TrtBackend:
         self.groups = TimeGroups(tuple(self.manifest["time_groups"]))
         cache_dir = Path(cache_dir) if cache_dir else export_dir / "engines"
         graphs = sorted(self.manifest["graphs"], key=lambda g: str(g["time_group"]))
-        plans = [build_engine(export_dir / g["file"], cache_dir, settings) for g in graphs]
+        plugin = self.manifest["layout"] == "plugin"
+        plans = [build_engine(export_dir / g["file"], cache_dir, settings, load_plugin=plugin) for g in graphs]
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = [runtime.deserialize_cuda_engine(p.read_bytes()) for p in plans]
         size = max(e.device_memory_size_v2 for e in self.engines)
@@ -151,7 +176,7 @@ class TrtBackend:
             context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             context.set_device_memory(self.activations.data_ptr(), size)
             self.contexts.append(context)
-        self.single = self.manifest["layout"] == "single"
+        self.single = self.manifest["layout"] in ("single", "plugin")
         self.stream = torch.cuda.Stream()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

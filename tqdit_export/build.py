@@ -1,0 +1,141 @@
+"""`tqdit build`: checkpoint (+ record) -> export -> lint -> TensorRT engines, one command for CI.
+
+The output folder:
+    record/       the calibration record (copied, or calibrated here when none is given)
+    onnx/         the export (manifest.json + graphs of the target's layout)
+    lint.json     TensorRT-conformance findings per graph
+    engines/      serialized engines (only where TensorRT and a GPU are present)
+    build.json    what was built, from what (hashes), for which target, TensorRT version, GPU, sizes
+
+Everything that needs neither TensorRT nor a GPU is produced first; when either is
+missing, build.json says `status: "onnx-only"` with the reason and the command exits
+with ENGINES_MISSING, so a CI job can tell "no engine" from "broken".
+The folder is written atomically: a complete build (or an onnx-only one) or nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from calibration.record import CalibrationRecord
+
+from .edge.trt_runtime import BUILD_MANIFEST
+from .io import atomic_folder, file_sha256
+from .models.dit import DiT
+from .onnx import export_dit, lint_file
+
+BUILD_VERSION = 1
+ENGINES_MISSING = 3  # exit status: artifacts written, engines not built (no TensorRT or no GPU)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Defaults for a deployment target; `--layout` overrides the layout."""
+
+    description: str
+    layout: str
+    strongly_typed: bool  # False: TensorRT 10.3 (JetPack 6) weakly typed network + INT8/FP16 flags
+    max_batch: int
+
+
+TARGETS = {
+    "h100": Target("NVIDIA H100 / H200 (Hopper), TensorRT >= 10", "per-group", True, 64),
+    "a100": Target("NVIDIA A100 (Ampere), TensorRT >= 10", "per-group", True, 64),
+    "l40s": Target("NVIDIA L40S / RTX 4090 (Ada), TensorRT >= 10", "per-group", True, 32),
+    # Jetson: memory is shared with the CPU, so the weights are stored once (single layout);
+    # JetPack 6 ships TensorRT 10.3, whose INT8 path is the weakly typed one.
+    "orin": Target("Jetson AGX Orin / Orin NX (JetPack 6, TensorRT 10.3)", "single", False, 8),
+    "orin-nano": Target("Jetson Orin Nano (JetPack 6, TensorRT 10.3)", "single", False, 4),
+}
+
+
+def record_sha256(record_dir: Path) -> str:
+    """One hash over the files of a record folder (name + content, sorted)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in record_dir.iterdir() if p.is_file()):
+        h.update(f.name.encode())
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def _engines_unavailable_reason() -> str | None:
+    """Why engines cannot be built here, or None when TensorRT (with its builder) and a CUDA GPU are present."""
+    from .engines.trt_backend import import_tensorrt
+
+    try:
+        import_tensorrt()
+    except RuntimeError as err:
+        return str(err)
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible: TensorRT engines are built on the GPU they will run on (or the same model)"
+    return None
+
+
+def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Path, out: Path, target: str,
+          layout: str | None = None, plugin_library: Path | None = None, command: str = "") -> tuple[dict, int]:
+    """Write the build folder; returns (build.json contents, exit status: 0 or ENGINES_MISSING)."""
+    if target not in TARGETS:
+        raise ValueError(f"--target {target!r} is unknown; choose one of {sorted(TARGETS)}")
+    spec = TARGETS[target]
+    layout = layout or spec.layout
+    start = time.perf_counter()
+    with atomic_folder(out, BUILD_MANIFEST) as tmp:
+        shutil.copytree(record_dir, tmp / "record")
+        # GPU targets: full 8-bit weights (7-bit codes are an ONNX Runtime CPU workaround).
+        manifest = export_dit(model, record, tmp / "onnx", layout=layout, weight_reduce_range=False)
+        graphs = [g["file"] for g in manifest["graphs"]]
+        lint = {f: [str(x) for x in lint_file(tmp / "onnx" / f)] for f in graphs}
+        (tmp / "lint.json").write_text(json.dumps(lint, indent=2) + "\n")
+        export_seconds = time.perf_counter() - start
+        info = {
+            "version": BUILD_VERSION,
+            "command": command,
+            "target": {"name": target, **spec.__dict__, "layout": layout},
+            "layout": layout,
+            "precision": "int8",
+            "time_groups": manifest["time_groups"],
+            "model": {"name": model_name, "config": record.model_config},
+            "inputs": {"weights_sha256": record.model_hash, "record_sha256": record_sha256(record_dir),
+                       "onnx_sha256": {g["file"]: g["sha256"] for g in manifest["graphs"]}},
+            "bits": manifest["bits"],
+            "lint": {"file": "lint.json", "findings": sum(len(v) for v in lint.values())},
+            "sizes_bytes": {"onnx": {f: (tmp / "onnx" / f).stat().st_size for f in graphs}},
+            "seconds": {"export_and_lint": round(export_seconds, 2)},
+            "engines": [],
+        }
+        reason = _engines_unavailable_reason()
+        if reason is not None:
+            info.update(status="onnx-only", reason=reason, tensorrt=None, gpu=None)
+        else:
+            info.update(_build_engines(tmp, manifest, spec, layout, plugin_library))
+        (tmp / BUILD_MANIFEST).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info, 0 if info["status"] == "complete" else ENGINES_MISSING
+
+
+def _build_engines(folder: Path, manifest: dict, spec: Target, layout: str, plugin_library: Path | None) -> dict:
+    """Engines for every graph of the export (runs only with TensorRT and a GPU)."""
+    import torch
+
+    from .engines.trt_backend import BuildSettings, build_engine, import_tensorrt, trt_major
+
+    trt = import_tensorrt()
+    # TensorRT 11 has only strongly typed networks; the weak INT8 path is for 10.x (JetPack 6).
+    strongly_typed = spec.strongly_typed or trt_major(trt) >= 11
+    settings = BuildSettings(strongly_typed=strongly_typed, max_batch=spec.max_batch)
+    start = time.perf_counter()
+    engines = []
+    for graph in manifest["graphs"]:
+        plan = build_engine(folder / "onnx" / graph["file"], folder / "engines", settings,
+                            plugin_library=plugin_library if layout == "plugin" else None,
+                            load_plugin=layout == "plugin")
+        engines.append({"file": f"engines/{plan.name}", "time_group": graph["time_group"],
+                        "timesteps": graph.get("timesteps"), "sha256": file_sha256(plan),
+                        "bytes": plan.stat().st_size})
+    return {"status": "complete", "tensorrt": trt.__version__, "strongly_typed": strongly_typed, "gpu": torch.cuda.get_device_name(0),
+            "engines": engines, "seconds_engines": round(time.perf_counter() - start, 2)}
