@@ -105,7 +105,8 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
                        "onnx_sha256": {g["file"]: g["sha256"] for g in manifest["graphs"]}},
             "bits": manifest["bits"],
             "lint": {"file": "lint.json", "findings": sum(len(v) for v in lint.values())},
-            "sizes_bytes": {"onnx": {f: (tmp / "onnx" / f).stat().st_size for f in graphs}},
+            "sizes_bytes": {"onnx": {f: (tmp / "onnx" / f).stat().st_size for g in manifest["graphs"]
+                                     for f in (g["file"], g.get("external_data")) if f}},
             "seconds": {"export_and_lint": round(export_seconds, 2)},
             "engines": [],
         }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -105,29 +106,64 @@ def _example_inputs(model: DiT) -> tuple[torch.Tensor, ...]:
             torch.tensor([0, model.null_class]))
 
 
+# Protobuf cannot serialise a message over 2 GiB: larger graphs keep their tensors in one
+# external-data file beside the .onnx (DiT-XL/2 in fp32 is ~2.7 GB). The margin covers the graph itself.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+EXTERNAL_TENSOR_BYTES = 1 << 16  # smaller tensors (scales, zero points) stay inline, where the linter reads them
+
+
+def _tensor_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
 def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8_OPSET) -> onnx.ModelProto:
     """torch module -> ONNX file with the project's graph interface (x, t, y -> out; dynamic batch).
 
-    The TensorRT-conformance linter runs on the graph; errors raise `LintError` (nothing is written).
+    Graphs over ~1.8 GB of tensors are written with external data: `path` plus one
+    `path.name + ".data"` file. The TensorRT-conformance linter runs on the graph; errors
+    raise `LintError` (the caller's atomic folder then leaves nothing behind). Returns the
+    graph without external tensor data loaded.
     """
-    buf = io.BytesIO()
+    kwargs = dict(
+        dynamo=False, opset_version=opset, input_names=["x", "t", "y", "time_group"][: len(example)],
+        output_names=["out"], dynamic_axes={n: {0: "batch"} for n in ("x", "t", "y", "out")},
+        do_constant_folding=True,
+        # the plugin's domain, only where the graph has plugin nodes (torch warns about an unused one)
+        custom_opsets={PLUGIN_NAMESPACE: 1} if isinstance(module, PluginLayoutDiT) else None,
+    )
+    external = _tensor_bytes(module) > EXTERNAL_DATA_BYTES
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(
-            module, example, buf, dynamo=False, opset_version=opset,
-            input_names=["x", "t", "y", "time_group"][: len(example)],
-            output_names=["out"], dynamic_axes={n: {0: "batch"} for n in ("x", "t", "y", "out")},
-            do_constant_folding=True,
-            # the plugin's domain, only where the graph has plugin nodes (torch warns about an unused one)
-            custom_opsets={PLUGIN_NAMESPACE: 1} if isinstance(module, PluginLayoutDiT) else None,
-        )
-    proto = onnx.load_from_string(buf.getvalue())
-    onnx.checker.check_model(proto)
+        if not external:
+            buf = io.BytesIO()
+            torch.onnx.export(module, example, buf, **kwargs)
+            proto = onnx.load_from_string(buf.getvalue())
+            onnx.checker.check_model(proto)
+        else:
+            # The exporter writes a large model as many tensor files; gather them into one.
+            with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+                raw = Path(scratch) / "raw.onnx"
+                torch.onnx.export(module, example, str(raw), **kwargs)
+                proto = onnx.load(str(raw))
+                onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                                location=path.name + ".data", size_threshold=EXTERNAL_TENSOR_BYTES)
+                del proto
+            onnx.checker.check_model(str(path))  # by path: the checker reads models over 2 GB from disk
+            proto = onnx.load(str(path), load_external_data=False)
     errors = [f for f in lint_model(proto) if f.severity == "error"]
     if errors:
         raise LintError(f"{path.name}: {len(errors)} TensorRT-conformance errors:\n" + "\n".join(map(str, errors)))
-    onnx.save(proto, str(path))
+    if not external:
+        onnx.save(proto, str(path))
     return proto
+
+
+def _graph_entry(folder: Path, name: str, **fields) -> dict:
+    """Manifest entry of one graph: its file, hash and, for large graphs, its external-data file."""
+    entry = {"file": name, **fields, "sha256": file_sha256(folder / name)}
+    if (folder / (name + ".data")).exists():
+        entry.update(external_data=name + ".data", external_data_sha256=file_sha256(folder / (name + ".data")))
+    return entry
 
 
 LAYOUTS = ("per-group", "single", "plugin")
@@ -152,12 +188,12 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
                 name = f"group_{g:02d}.onnx"
                 export_onnx(qdq_model(model, record, g, weight_reduce_range), example, tmp / name)
                 lo, hi = record.time_groups.timestep_range(g)
-                graphs.append({"file": name, "time_group": g, "timesteps": [lo, hi], "sha256": file_sha256(tmp / name)})
+                graphs.append(_graph_entry(tmp, name, time_group=g, timesteps=[lo, hi]))
         elif layout in ("single", "plugin"):
             module = (SingleLayoutDiT if layout == "single" else PluginLayoutDiT)(model, record, weight_reduce_range)
             name = f"{layout}.onnx"
             export_onnx(module, (*example, torch.tensor(0)), tmp / name)
-            graphs.append({"file": name, "time_group": "input", "sha256": file_sha256(tmp / name)})
+            graphs.append(_graph_entry(tmp, name, time_group="input"))
             inputs["time_group"] = "int64 scalar: the group whose timestep range holds t"
         else:
             raise ValueError(f"layout {layout!r} is unknown; choose one of {LAYOUTS}")
@@ -181,6 +217,6 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
                                   "python": "trt_plugins.python_plugin.register()"}
         if fp32:
             export_onnx(copy.deepcopy(model).eval(), example, tmp / "fp32.onnx")
-            manifest["fp32"] = {"file": "fp32.onnx", "sha256": file_sha256(tmp / "fp32.onnx")}
+            manifest["fp32"] = _graph_entry(tmp, "fp32.onnx")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
