@@ -78,6 +78,11 @@ def draw(backend, num: int, steps: int, seed: int, num_classes: int, null_class:
     return x.numpy(), labels.numpy()
 
 
+def _first(group: list[dict], key: str):
+    """The first value of `key` among a row's cells (cells from older runs may lack it)."""
+    return next((c[key] for c in group if c.get(key) is not None), "—")
+
+
 def write_tables(results: dict, out: Path) -> None:
     write_json(out.with_suffix(".json"), results)
     cells = results["cells"]
@@ -105,11 +110,57 @@ def write_tables(results: dict, out: Path) -> None:
             f"| {bits} | {row} | {steps} | {len(group)} | {fmt([c['fd'] for c in group], 3)} | "
             f"{fmt([c['fd_reference'] for c in group], 3)} | "
             f"{fmt([c['accuracy'] for c in group], 3)} | {fmt(psnr, 2) if psnr else '—'} | "
-            f"{group[0].get('calib_seconds', '—')} | {group[0].get('calib_peak_rss_mib') or '—'} |")
+            f"{_first(group, 'calib_seconds')} | {_first(group, 'calib_peak_rss_mib')} |")
     lines += ["", "FD reference: real train digits (as many as the samples) vs the held-out set, with the "
               "cell's seed choosing the draw: what a perfect generator would score."]
+    plot = write_plot(results, out.with_suffix(".png"))
+    if plot is not None:
+        lines += ["", f"![FD and paired PSNR per row]({plot.name})"]
     with atomic_output(out.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(results: dict, path: Path) -> Path | None:
+    """FD (mean ± std over seeds) and paired PSNR per row and bit width, at 100 steps."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return None
+    cells = [c for c in results["cells"] if c["steps"] == 100]
+    fp = [c["fd"] for c in cells if c["row"] == "fp"]
+    bits = sorted({c["bits"] for c in cells if c["bits"] != "FP"}, key=lambda b: ["W8A8", "W6A6", "W4A8"].index(b)
+                  if b in ("W8A8", "W6A6", "W4A8") else 9)
+    rows = [r for r in ROWS if r != "fp" and any(c["row"] == r for c in cells)]
+    fig, (ax_fd, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(len(bits), 1)
+    for i, b in enumerate(bits):
+        fd_mean, fd_std, psnr = [], [], []
+        for r in rows:
+            group = [c for c in cells if c["row"] == r and c["bits"] == b]
+            fds = [c["fd"] for c in group]
+            fd_mean.append(statistics.mean(fds) if fds else float("nan"))
+            fd_std.append(statistics.stdev(fds) if len(fds) > 1 else 0.0)
+            ps = [c["psnr_vs_fp"] for c in group if c["psnr_vs_fp"] is not None]
+            psnr.append(statistics.mean(ps) if ps else float("nan"))
+        xs = [j + i * width for j in range(len(rows))]
+        ax_fd.bar(xs, fd_mean, width, yerr=fd_std, label=b, capsize=2)
+        ax_psnr.bar(xs, psnr, width, label=b)
+    if fp:
+        ax_fd.axhline(statistics.mean(fp), color="k", linestyle="--", label="FP")
+    for ax, title in ((ax_fd, "FD to held-out digits (lower is better)"), (ax_psnr, "paired PSNR vs FP (dB)")):
+        ax.set_xticks([j + width * (len(bits) - 1) / 2 for j in range(len(rows))], rows, rotation=20)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{results['model']}: DDPM 100 steps, cfg 1.5, {results['num']} samples per cell")
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
