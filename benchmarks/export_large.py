@@ -3,7 +3,7 @@
     python benchmarks/export_large.py                      # DiT-XL/2, single layout + fp32 graph
     python benchmarks/export_large.py --model DiT-B/2      # a quicker dry run
 
-Random weights and a min-max record (G=2, one calibration sample per group from a 2-step
+Random weights (every tensor non-zero, like a trained checkpoint) and a min-max record (G=2, one calibration sample per group from a 2-step
 trajectory): this measures the export path at full size, not quality. The FP32 graph
 (~2.7 GB) exceeds protobuf's 2 GB and must go to external data; the INT8 graph keeps
 its int8 weights plus the float adaLN / embedder weights. Writes
@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     torch.manual_seed(0)
     model = DiT(DIT_CONFIGS[args.model]).eval()
+    # adaLN-Zero initialises the modulation and final layers to 0: the exporter would store those
+    # identical zero matrices once, understating a trained checkpoint's size. Give every weight values.
+    with torch.no_grad():
+        for param in model.parameters():
+            if not param.any():
+                param.normal_(0, 0.02)
     params = sum(p.numel() for p in model.parameters())
     stage("build model", start)
 
