@@ -27,6 +27,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 import torch.nn as nn
@@ -44,6 +45,7 @@ from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from .qdq import GroupInput, PluginGroupInput, QDQLinear, QDQMatMul, activation_qdq
 
 INT8_OPSET = 17  # ONNX Runtime refuses int8 Q/DQ graphs at opset >= 21 with optimizations on
+INT4_OPSET = 21  # the first opset whose DequantizeLinear takes int4 weights
 
 
 def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
@@ -116,13 +118,50 @@ def _tensor_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
-def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8_OPSET) -> onnx.ModelProto:
+def pack_int4_weights(proto: onnx.ModelProto) -> int:
+    """Store the weight codes of <= 4-bit DequantizeLinear weights as INT4 (in place); returns how many.
+
+    A weight is an int8 initializer feeding a DequantizeLinear whose codes all lie in
+    [-8, 7]; its zero point (an initializer or Constant of zeros) becomes INT4 as well, and
+    the model moves to opset 21 (IR 10), where DequantizeLinear accepts int4.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    constants = {n.output[0]: n for n in proto.graph.node if n.op_type == "Constant"}
+    packed = 0
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        codes = numpy_helper.to_array(inits[node.input[0]])
+        if codes.dtype != np.int8 or codes.size == 0 or codes.min() < -8 or codes.max() > 7:
+            continue
+        inits[node.input[0]].CopyFrom(helper.make_tensor(node.input[0], onnx.TensorProto.INT4, codes.shape,
+                                                         codes.reshape(-1).tolist()))
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        holder = inits.get(zp_name) if zp_name in inits else (constants[zp_name].attribute[0].t
+                                                               if zp_name in constants else None)
+        if holder is not None:
+            zp = numpy_helper.to_array(holder)
+            holder.CopyFrom(helper.make_tensor(holder.name, onnx.TensorProto.INT4, zp.shape, zp.reshape(-1).tolist()))
+        packed += 1
+    if packed:
+        for op in proto.opset_import:
+            if op.domain in ("", "ai.onnx"):
+                op.version = max(op.version, INT4_OPSET)
+        proto.ir_version = max(proto.ir_version, 10)
+    return packed
+
+
+def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8_OPSET,
+                int4_weights: bool = False) -> onnx.ModelProto:
     """torch module -> ONNX file with the project's graph interface (x, t, y -> out; dynamic batch).
 
     Graphs over ~1.8 GB of tensors are written with external data: `path` plus one
     `path.name + ".data"` file. The TensorRT-conformance linter runs on the graph; errors
     raise `LintError` (the caller's atomic folder then leaves nothing behind). Returns the
-    graph without external tensor data loaded.
+    graph without external tensor data loaded. `int4_weights` stores <= 4-bit weight codes
+    as INT4 (opset 21).
     """
     kwargs = dict(
         dynamo=False, opset_version=opset, input_names=["x", "t", "y", "time_group"][: len(example)],
@@ -138,6 +177,8 @@ def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8
             buf = io.BytesIO()
             torch.onnx.export(module, example, buf, **kwargs)
             proto = onnx.load_from_string(buf.getvalue())
+            if int4_weights:
+                pack_int4_weights(proto)
             onnx.checker.check_model(proto)
         else:
             # The exporter writes a large model as many tensor files; gather them into one.
@@ -145,6 +186,8 @@ def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8
                 raw = Path(scratch) / "raw.onnx"
                 torch.onnx.export(module, example, str(raw), **kwargs)
                 proto = onnx.load(str(raw))
+                if int4_weights:
+                    pack_int4_weights(proto)
                 onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                                 location=path.name + ".data", size_threshold=EXTERNAL_TENSOR_BYTES)
                 del proto
@@ -170,13 +213,18 @@ LAYOUTS = ("per-group", "single", "plugin")
 
 
 def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layout: str = "per-group",
-               fp32: bool = False, weight_reduce_range: bool | None = None) -> dict:
+               fp32: bool = False, weight_reduce_range: bool | None = None, int4_weights: bool | None = None) -> dict:
     """Write the Q/DQ graph(s) of `layout` (+ `fp32.onnx` with `fp32`) and the manifest.
 
     `weight_reduce_range=None` picks 7-bit weights when this CPU lacks VNNI (ORT CPU target).
-    Returns the manifest.
+    `int4_weights=None` stores the weights as INT4 (opset 21) when the record's weights have <= 4 bits
+    (W4A8); False keeps 4-bit codes in int8 (opset 17). Returns the manifest.
     """
     out_dir = Path(out_dir)
+    if int4_weights is None:
+        int4_weights = record.weight_bits <= 4
+    elif int4_weights and record.weight_bits > 4:
+        raise ValueError(f"int4_weights: the record has {record.weight_bits}-bit weights; INT4 holds 4 bits at most")
     if weight_reduce_range is None:
         weight_reduce_range = not cpu_has_vnni()
     example = _example_inputs(model)
@@ -186,13 +234,14 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
         if layout == "per-group":
             for g in range(record.time_groups.num_groups):
                 name = f"group_{g:02d}.onnx"
-                export_onnx(qdq_model(model, record, g, weight_reduce_range), example, tmp / name)
+                export_onnx(qdq_model(model, record, g, weight_reduce_range), example, tmp / name,
+                            int4_weights=int4_weights)
                 lo, hi = record.time_groups.timestep_range(g)
                 graphs.append(_graph_entry(tmp, name, time_group=g, timesteps=[lo, hi]))
         elif layout in ("single", "plugin"):
             module = (SingleLayoutDiT if layout == "single" else PluginLayoutDiT)(model, record, weight_reduce_range)
             name = f"{layout}.onnx"
-            export_onnx(module, (*example, torch.tensor(0)), tmp / name)
+            export_onnx(module, (*example, torch.tensor(0)), tmp / name, int4_weights=int4_weights)
             graphs.append(_graph_entry(tmp, name, time_group="input"))
             inputs["time_group"] = "int64 scalar: the group whose timestep range holds t"
         else:
@@ -200,13 +249,13 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
         manifest = {
             "version": MANIFEST_VERSION,
             "layout": layout,
-            "opset": INT8_OPSET,
+            "opset": INT4_OPSET if int4_weights else INT8_OPSET,
             "inputs": inputs,
             "outputs": {"out": "float32 (N,2C,H,W) epsilon | variance"},
             "model": {"config": record.model_config, "weights_sha256": record.model_hash},
             "bits": {"weights": record.weight_bits, "activations": record.activation_bits,
                      "weights_in_graph": 7 if weight_reduce_range and record.weight_bits == 8 else record.weight_bits,
-                     "reduce_range": weight_reduce_range},
+                     "reduce_range": weight_reduce_range, "weights_dtype": "int4" if int4_weights else "int8"},
             "time_groups": list(record.time_groups.edges),
             "calibration": record.method,
             "graphs": graphs,

@@ -3,7 +3,7 @@
 Reports, per node, every Q/DQ that TensorRT's explicit-quantization path would reject or
 fail to fuse. Errors fail an export; warnings are reported. Rules (codes in brackets):
 - [zero-point] zero point not all zeros (TensorRT is symmetric only);
-- [qdq-dtype] zero point of a type other than int8 / float8e4m3 (e.g. uint8);
+- [qdq-dtype] zero point of a type other than int8 / int4 (weights) / float8e4m3 (e.g. uint8);
 - [scale-constant] scale not a build-time constant (initializer or Constant);
 - [scale-positive] a scale that is zero, negative or not finite;
 - [per-channel-activation] a per-channel scale on an activation (only weights may be per channel);
@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, check_table
 
 GEMMS = ("MatMul", "Gemm", "Conv")
-ALLOWED_ZP_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN)
+ALLOWED_ZP_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.FLOAT8E4M3FN)
 
 
 @dataclass(frozen=True)
