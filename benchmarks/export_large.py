@@ -12,7 +12,6 @@ benchmarks/results/export_large.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import sys

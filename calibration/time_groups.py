@@ -7,8 +7,7 @@ count: a respaced sampler maps each step to its training timestep, then to the g
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -37,9 +36,10 @@ class TimeGroups:
     def num_timesteps(self) -> int:
         return self.edges[-1]
 
-    def group_of(self, t: int | torch.Tensor) -> int:
-        """The group of training timestep `t` (an int, or a tensor whose entries share one group)."""
-        if isinstance(t, torch.Tensor):
+    def group_of(self, t: Any) -> int:
+        """The group of training timestep `t`: an int, or a torch tensor / numpy array whose entries
+        share one group. (No torch import: the torch-free edge runtime uses this too.)"""
+        if hasattr(t, "min"):
             lo, hi = int(t.min()), int(t.max())
             g = self.group_of(lo)
             if self.group_of(hi) != g:

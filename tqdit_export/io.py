@@ -16,7 +16,6 @@ from typing import Any, Iterator
 import numpy as np
 
 
-
 def atomic_folder(path: str | Path, marker: str):
     """calibration.record.atomic_folder: folders are written the same way by calibration/ (records)
     and this package (exports). Imported on use, so this module stays torch-free for the edge runtime."""

@@ -8,7 +8,7 @@ engine's CUDA stream; engines that embed it need this registration at load time 
 """
 from __future__ import annotations
 
-from .reference import PLUGIN_NAME, PLUGIN_NAMESPACE, check_table
+from .reference import PLUGIN_NAME, PLUGIN_NAMESPACE, check_table, code_range
 
 _registered = False
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
@@ -45,7 +45,7 @@ def register() -> None:
              outputs: Tuple[trtp.Tensor], stream: int) -> None:
         import torch
 
-        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        lo, hi = code_range(bits)
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             xt = torch.as_tensor(x, device="cuda")
             table = torch.as_tensor(np.ascontiguousarray(scales, dtype=np.float32), device="cuda")

@@ -21,10 +21,15 @@ def check_table(scales: np.ndarray, bits: int) -> np.ndarray:
     return table
 
 
+def code_range(bits: int) -> tuple[int, int]:
+    """Signed range of a `bits`-wide code, as calibration.quantizers.qrange (numpy side, no torch)."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
 def time_group_quantize(x: np.ndarray, scales: np.ndarray, time_group: int, bits: int) -> np.ndarray:
     """int8 codes clamp(rint(x / scales[g]), -2^(b-1), 2^(b-1)-1), g clamped into the table as the kernel does."""
     table = check_table(scales, bits)
     g = min(max(int(time_group), 0), table.size - 1)
-    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    lo, hi = code_range(bits)
     x = np.asarray(x, dtype=np.float32)
     return np.clip(np.rint(x / table[g]), lo, hi).astype(np.int8)

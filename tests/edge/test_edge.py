@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from calibration.calibrate import CalibrationConfig
+from calibration.time_groups import TimeGroups
 from tqdit_export.diffusion import SamplerConfig, sample
-from tqdit_export.edge import EdgeSamplerConfig, OrtDenoiser, group_of, sample_numpy
+from tqdit_export.edge import OrtDenoiser, sample_numpy
 from tqdit_export.edge.trt_runtime import TrtDenoiser
 from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.io import load_samples
@@ -42,7 +43,7 @@ def test_numpy_sampler_draws_the_images_of_the_torch_sampler(export_dir, sampler
                        SamplerConfig(sampler, steps, cfg, clip_denoised=True, eta=eta), 10, seed=5,
                        progress=False).numpy()
     got = sample_numpy(OrtDenoiser(export_dir, threads=1), labels, (1, 8, 8),
-                       EdgeSamplerConfig(sampler, steps, cfg, clip_denoised=True, eta=eta), 10,
+                       SamplerConfig(sampler, steps, cfg, clip_denoised=True, eta=eta), 10,
                        noise_fn=_torch_noise(5))
     assert got.dtype == np.float32 and got.shape == reference.shape
     np.testing.assert_allclose(got, reference, atol=2e-5, rtol=0)
@@ -52,9 +53,9 @@ def test_edge_path_runs_without_torch(export_dir, tmp_path):
     script = f"""
 import sys
 import numpy as np
-from tqdit_export.edge import OrtDenoiser, EdgeSamplerConfig, sample_numpy
+from tqdit_export.edge import OrtDenoiser, SamplerConfig, sample_numpy
 x = sample_numpy(OrtDenoiser({str(export_dir)!r}, threads=1), np.array([1, 2]), (1, 8, 8),
-                 EdgeSamplerConfig("ddim", 5), 10)
+                 SamplerConfig("ddim", 5), 10)
 assert np.isfinite(x).all()
 print("torch" in sys.modules)
 """
@@ -73,14 +74,12 @@ def test_edge_cli_samples_with_onnx_runtime(export_dir, tmp_path):
     assert json.loads(proc.stdout)["num"] == 3
 
 
-def test_group_lookup_matches_the_calibration_time_groups():
-    from calibration.time_groups import TimeGroups
-
+def test_time_groups_take_the_edge_runtime_numpy_timesteps():
     groups = TimeGroups.uniform(10)
     for t in (0, 99, 100, 555, 999):
-        assert group_of(list(groups.edges), np.array([t, t])) == groups.group_of(t)
+        assert groups.group_of(np.array([t, t])) == groups.group_of(t) == groups.group_of(torch.tensor([t, t]))
     with pytest.raises(ValueError, match="span"):
-        group_of(list(groups.edges), np.array([99, 100]))
+        groups.group_of(np.array([99, 100]))
 
 
 def test_trt_runtime_names_what_is_missing(tmp_path):

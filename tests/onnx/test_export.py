@@ -7,23 +7,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from calibration.calibrate import CalibrationConfig
 from tqdit_export.diffusion import SamplerConfig, sample
 from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.onnx import export_dit, qdq_model
-from tqdit_export.quant import FakeQuantBackend, calibrate_dit
-
-
-@pytest.fixture(scope="module")
-def model(make_tiny_dit):
-    return make_tiny_dit()
-
-
-@pytest.fixture(scope="module", params=["W8A8", "W6A6"])
-def record(request, model):
-    w, a = (8, 8) if request.param == "W8A8" else (6, 6)
-    return calibrate_dit(model, CalibrationConfig(w, a, num_groups=3, rounds=1), samples_per_group=4,
-                         trajectory_steps=20, progress=False)
+from tqdit_export.quant import FakeQuantBackend
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,14 @@
 """Diffusion process and samplers; backend-agnostic (they call a denoiser).
 
-Names load lazily, so `tqdit_export.diffusion.schedule` (numpy only) imports without torch:
-the edge runtime depends on that.
+Names load lazily, so `tqdit_export.diffusion.schedule` (numpy only: tables and
+`SamplerConfig`) imports without torch: the edge runtime depends on that.
 """
 from importlib import import_module
 
 _EXPORTS = {
     "NUM_TRAIN_TIMESTEPS": "schedule", "linear_betas": "schedule", "space_timesteps": "schedule",
     "GaussianDiffusion": "gaussian",
-    "SAMPLERS": "samplers", "Denoiser": "samplers", "SamplerConfig": "samplers", "guided_output": "samplers",
+    "SAMPLERS": "schedule", "SamplerConfig": "schedule", "Denoiser": "samplers", "guided_output": "samplers",
     "sample": "samplers",
 }
 __all__ = list(_EXPORTS)

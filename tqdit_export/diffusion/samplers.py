@@ -11,42 +11,17 @@ channels come from the conditional half.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from .gaussian import GaussianDiffusion
-
-SAMPLERS = ("ddpm", "ddim")
+from .schedule import SAMPLERS, SamplerConfig  # noqa: F401  (re-exported)
 
 
 class Denoiser(Protocol):
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclass
-class SamplerConfig:
-    """How to sample. Defaults: DDPM, 100 steps, guidance 1.5 (the paper's settings), no clipping."""
-
-    sampler: str = "ddpm"
-    steps: int = 100
-    cfg_scale: float = 1.5
-    clip_denoised: bool = False
-    eta: float = 0.0  # DDIM only: 0 is deterministic
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler {self.sampler!r} is unknown; choose one of {SAMPLERS}")
-        if self.steps < 1 or self.steps > 1000:
-            raise ValueError(f"steps={self.steps} must be in 1..1000")
-        if self.cfg_scale < 1.0:
-            raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 1 (1 turns guidance off)")
-
-    def diffusion(self) -> GaussianDiffusion:
-        spacing = f"ddim{self.steps}" if self.sampler == "ddim" else self.steps
-        return GaussianDiffusion.respaced(spacing)
 
 
 def guided_output(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,

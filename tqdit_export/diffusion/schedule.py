@@ -1,13 +1,47 @@
-"""The noise schedule in numpy: betas, respacing and the coefficient tables of the reverse step.
+"""The noise schedule in numpy: betas, respacing, the coefficient tables of the reverse step,
+and the sampler settings.
 
-numpy only (no torch), so the torch sampler (`gaussian.py`) and the torch-free edge
-sampler (`tqdit_export.edge`) compute from the same tables.
+numpy only (no torch), so the torch sampler (`samplers.py`) and the torch-free edge
+sampler (`tqdit_export.edge`) compute from the same tables and take the same config.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 NUM_TRAIN_TIMESTEPS = 1000
+SAMPLERS = ("ddpm", "ddim")
+
+
+@dataclass
+class SamplerConfig:
+    """How to sample. Defaults: DDPM, 100 steps, guidance 1.5 (the paper's settings), no clipping."""
+
+    sampler: str = "ddpm"
+    steps: int = 100
+    cfg_scale: float = 1.5
+    clip_denoised: bool = False
+    eta: float = 0.0  # DDIM only: 0 is deterministic
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r} is unknown; choose one of {SAMPLERS}")
+        if self.steps < 1 or self.steps > 1000:
+            raise ValueError(f"steps={self.steps} must be in 1..1000")
+        if self.cfg_scale < 1.0:
+            raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 1 (1 turns guidance off)")
+
+    @property
+    def spacing(self) -> int | str:
+        """The respacing this sampler uses: the step count, or "ddimN"."""
+        return f"ddim{self.steps}" if self.sampler == "ddim" else self.steps
+
+    def diffusion(self):
+        """The respaced torch `GaussianDiffusion` (imported here: this module stays torch-free)."""
+        from .gaussian import GaussianDiffusion
+
+        return GaussianDiffusion.respaced(self.spacing)
 
 
 def linear_betas(num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:

@@ -6,7 +6,8 @@ weakly typed with the INT8 flag (`tqdit build --target orin`), DLA is not assume
 
     python -m tqdit_export.edge --engines out/build --num 20 --out samples.npz
 """
+from ..diffusion.schedule import SamplerConfig
 from .ort_runtime import OrtDenoiser, make_session
-from .sampler import EdgeSamplerConfig, group_of, sample_numpy
+from .sampler import sample_numpy
 
-__all__ = ["OrtDenoiser", "make_session", "EdgeSamplerConfig", "group_of", "sample_numpy"]
+__all__ = ["OrtDenoiser", "make_session", "SamplerConfig", "sample_numpy"]

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..diffusion.schedule import SAMPLERS, SamplerConfig
 from ..io import save_samples
 from ..onnx.manifest import read_manifest
-from .sampler import SAMPLERS, EdgeSamplerConfig, sample_numpy
+from .sampler import sample_numpy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--class must be in 0..{num_classes - 1}")
     shape = (int(config["in_channels"]), int(config["input_size"]), int(config["input_size"]))
     start = time.perf_counter()
-    images = sample_numpy(denoiser, labels, shape, EdgeSamplerConfig(args.sampler, args.steps, args.cfg,
+    images = sample_numpy(denoiser, labels, shape, SamplerConfig(args.sampler, args.steps, args.cfg,
                                                                      clip_denoised=not args.latent), num_classes, args.seed)
     elapsed = time.perf_counter() - start
     save_samples(args.out, images, labels, {"sampler": args.sampler, "steps": args.steps, "cfg": args.cfg,

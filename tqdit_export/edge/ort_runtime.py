@@ -12,22 +12,27 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.time_groups import TimeGroups
+
 from ..onnx.manifest import read_manifest
-from .sampler import group_of
 
 DISABLED_OPTIMIZERS = ["MatMulAddFusion"]
 LAYOUTS_WITH_GROUP_INPUT = ("single", "plugin")
 
 
-def make_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None):
-    """An InferenceSession with the options that keep Q/DQ MatMuls on integer kernels."""
+def make_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                 expand_plugin_nodes: bool = False):
+    """An InferenceSession with the options that keep Q/DQ MatMuls on integer kernels.
+
+    `expand_plugin_nodes` (plugin layout): run TimeGroupQuantize nodes as their reference subgraph.
+    """
     import onnx
     import onnxruntime as ort
 
-    from ..onnx.plugin_ref import expand_plugins, plugin_nodes
-
     source: str | bytes = str(path)
-    if plugin_nodes(onnx.load(str(path), load_external_data=False)):
+    if expand_plugin_nodes:
+        from ..onnx.plugin_ref import expand_plugins
+
         source = expand_plugins(onnx.load(str(path))).SerializeToString()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -46,7 +51,7 @@ class OrtDenoiser:
                  fp32: bool = False) -> None:
         export_dir = Path(export_dir)
         self.manifest = read_manifest(export_dir)
-        self.edges = list(self.manifest["time_groups"])
+        self.groups = TimeGroups(tuple(self.manifest["time_groups"]))
         layout = self.manifest["layout"]
         if fp32:
             if "fp32" not in self.manifest:
@@ -58,16 +63,17 @@ class OrtDenoiser:
             files = [self.manifest["graphs"][0]["file"]]
         else:
             raise ValueError(f"{export_dir}: layout {layout!r} is not supported by ONNX Runtime")
-        self.sessions = [make_session(export_dir / f, threads, providers) for f in files]
+        expand = layout == "plugin" and not fp32
+        self.sessions = [make_session(export_dir / f, threads, providers, expand) for f in files]
         self.feeds_group = layout in LAYOUTS_WITH_GROUP_INPUT and not fp32
 
     def session_for(self, t: np.ndarray):
         """The session that serves timesteps `t` (per-group layout: the session of their group)."""
-        return self.sessions[0] if len(self.sessions) == 1 else self.sessions[group_of(self.edges, t)]
+        return self.sessions[0] if len(self.sessions) == 1 else self.sessions[self.groups.group_of(t)]
 
     def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
         feeds = {"x": np.ascontiguousarray(x, dtype=np.float32), "t": np.asarray(t, dtype=np.int64),
                  "y": np.asarray(y, dtype=np.int64)}
         if self.feeds_group:
-            feeds["time_group"] = np.array(group_of(self.edges, t), dtype=np.int64)
+            feeds["time_group"] = np.array(self.groups.group_of(t), dtype=np.int64)
         return self.session_for(feeds["t"]).run(["out"], feeds)[0]

@@ -7,49 +7,14 @@ same images (tests/edge). A denoiser here is `denoiser(x, t, y) -> out` on numpy
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 
-from ..diffusion.schedule import respaced_betas, schedule_tables
-
-SAMPLERS = ("ddpm", "ddim")
-
+from ..diffusion.schedule import SamplerConfig, respaced_betas, schedule_tables
 
 class NumpyDenoiser(Protocol):
     def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass
-class EdgeSamplerConfig:
-    """As `SamplerConfig`: DDPM, 100 steps, guidance 1.5 by default."""
-
-    sampler: str = "ddpm"
-    steps: int = 100
-    cfg_scale: float = 1.5
-    clip_denoised: bool = False
-    eta: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler {self.sampler!r} is unknown; choose one of {SAMPLERS}")
-        if not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps={self.steps} must be in 1..1000")
-        if self.cfg_scale < 1.0:
-            raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 1 (1 turns guidance off)")
-
-
-def group_of(edges: list[int], t: np.ndarray) -> int:
-    """The time group of training timesteps `t` (all in one group), from a manifest's `time_groups` edges."""
-    t = np.asarray(t).reshape(-1)
-    lo, hi = int(t.min()), int(t.max())
-    if lo < 0 or hi >= edges[-1]:
-        raise ValueError(f"timesteps {lo}..{hi} are outside [0, {edges[-1]})")
-    g_lo, g_hi = (int(np.searchsorted(edges, v, side="right")) - 1 for v in (lo, hi))
-    if g_lo != g_hi:
-        raise ValueError(f"timesteps {lo}..{hi} span several time groups; call once per group")
-    return g_lo
 
 
 def _col(table: np.ndarray, step: np.ndarray, ndim: int, dtype=np.float32) -> np.ndarray:
@@ -69,7 +34,7 @@ def guided_output(denoiser: NumpyDenoiser, x: np.ndarray, t: np.ndarray, y: np.n
     return np.concatenate([eps, cond[:, c:]], axis=1)
 
 
-def sample_numpy(denoiser: NumpyDenoiser, y: np.ndarray, shape: tuple[int, int, int], config: EdgeSamplerConfig,
+def sample_numpy(denoiser: NumpyDenoiser, y: np.ndarray, shape: tuple[int, int, int], config: SamplerConfig,
                  null_class: int, seed: int = 0, noise: np.ndarray | None = None,
                  noise_fn: Callable[[tuple[int, ...]], np.ndarray] | None = None,
                  on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -78,8 +43,7 @@ def sample_numpy(denoiser: NumpyDenoiser, y: np.ndarray, shape: tuple[int, int, 
     Noise comes from `noise_fn(shape)` when given (the initial draw first, then one per
     DDPM step, as the torch sampler draws), else from numpy's PCG64 seeded with `seed`.
     """
-    spacing = f"ddim{config.steps}" if config.sampler == "ddim" else config.steps
-    betas, timestep_map = respaced_betas(spacing)
+    betas, timestep_map = respaced_betas(config.spacing)
     tab = schedule_tables(betas)
     rng = np.random.default_rng(seed)
     draw = noise_fn or (lambda s: rng.standard_normal(s, dtype=np.float32))

@@ -14,9 +14,39 @@ from pathlib import Path
 
 import numpy as np
 
-from .sampler import group_of
+from calibration.time_groups import TimeGroups
 
 BUILD_MANIFEST = "build.json"
+
+
+PLUGIN_LIBRARY_ENV = "TQDIT_TRT_PLUGIN_LIB"
+
+
+def load_plugin_library(trt, library: str | Path) -> None:
+    """Load libtqdit_trt_plugins.so (the C++ TimeGroupQuantize) into TensorRT's plugin registry."""
+    if not Path(library).exists():
+        raise FileNotFoundError(f"plugin library {library} does not exist; build it with "
+                                "`cmake -S trt_plugins/csrc -B build/trt_plugins && cmake --build build/trt_plugins`")
+    trt.get_plugin_registry().load_library(str(library))
+
+
+def shared_memory_contexts(trt, engines: list, allocate) -> tuple[list, object]:
+    """One execution context per engine, all on one user-managed activation buffer sized to the
+    largest engine, so G group engines cost the activation memory of one.
+
+    `allocate(nbytes) -> (buffer, device address)`; the buffer must outlive the contexts.
+    """
+    size = max(max(getattr(e, "device_memory_size_v2", None) or e.device_memory_size for e in engines), 1)
+    buffer, address = allocate(size)
+    contexts = []
+    for engine in engines:
+        context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if hasattr(context, "set_device_memory"):  # TensorRT >= 10.1
+            context.set_device_memory(address, size)
+        else:
+            context.device_memory = address
+        contexts.append(context)
+    return contexts, buffer
 
 
 def read_build(build_dir: str | Path) -> dict:
@@ -44,30 +74,22 @@ class TrtDenoiser:
             raise RuntimeError("the edge runtime needs tensorrt and pycuda (JetPack ships TensorRT; "
                                "pip install pycuda)") from err
         self.cuda, build_dir = cuda, Path(build_dir)
-        self.edges = list(self.build["time_groups"])
+        self.groups = TimeGroups(tuple(self.build["time_groups"]))
         self.feeds_group = self.build["layout"] in ("single", "plugin")
         logger = trt.Logger(trt.Logger.WARNING)
         if self.build["layout"] == "plugin":
-            library = plugin_library or os.environ.get("TQDIT_TRT_PLUGIN_LIB")
+            library = plugin_library or os.environ.get(PLUGIN_LIBRARY_ENV)
             if not library:
                 raise RuntimeError("plugin-layout engines need the TimeGroupQuantize plugin: pass plugin_library= or "
-                                   "set TQDIT_TRT_PLUGIN_LIB to libtqdit_trt_plugins.so (cmake -S trt_plugins/csrc)")
-            trt.get_plugin_registry().load_library(str(library))
+                                   f"set {PLUGIN_LIBRARY_ENV} to libtqdit_trt_plugins.so (cmake -S trt_plugins/csrc)")
+            load_plugin_library(trt, library)
         runtime = trt.Runtime(logger)
         entries = sorted(self.build["engines"], key=lambda e: str(e["time_group"]))
         self.engines = [runtime.deserialize_cuda_engine((build_dir / e["file"]).read_bytes()) for e in entries]
         if any(e is None for e in self.engines):
             raise RuntimeError(f"{build_dir}: an engine did not deserialize (built for another TensorRT or GPU?)")
-        sizes = [getattr(e, "device_memory_size_v2", None) or e.device_memory_size for e in self.engines]
-        self.activations = cuda.mem_alloc(max(max(sizes), 1))
-        self.contexts = []
-        for engine in self.engines:
-            context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-            if hasattr(context, "set_device_memory"):  # TensorRT >= 10.1
-                context.set_device_memory(int(self.activations), max(sizes))
-            else:
-                context.device_memory = int(self.activations)
-            self.contexts.append(context)
+        self.contexts, self.activations = shared_memory_contexts(
+            trt, self.engines, lambda n: (buf := cuda.mem_alloc(n), int(buf)))
         self.stream = cuda.Stream()
         self._buffers: dict[str, tuple[int, object]] = {}
 
@@ -80,7 +102,7 @@ class TrtDenoiser:
         return buf
 
     def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
-        g = group_of(self.edges, t)
+        g = self.groups.group_of(t)
         context = self.contexts[0] if len(self.contexts) == 1 else self.contexts[g]
         feeds = {"x": np.ascontiguousarray(x, dtype=np.float32), "t": np.ascontiguousarray(t, dtype=np.int64),
                  "y": np.ascontiguousarray(y, dtype=np.int64)}

@@ -23,6 +23,7 @@ import torch
 
 from calibration.time_groups import TimeGroups
 
+from ..edge.trt_runtime import PLUGIN_LIBRARY_ENV, load_plugin_library, shared_memory_contexts
 from ..io import atomic_output, file_sha256
 from ..onnx.export import MANIFEST
 
@@ -85,12 +86,9 @@ def load_time_group_plugin(trt: ModuleType, plugin_library: str | Path | None = 
     else the `tensorrt.plugin` Python variant. Returns which one."""
     import os
 
-    library = plugin_library or os.environ.get("TQDIT_TRT_PLUGIN_LIB")
+    library = plugin_library or os.environ.get(PLUGIN_LIBRARY_ENV)
     if library:
-        if not Path(library).exists():
-            raise FileNotFoundError(f"plugin library {library} does not exist; build it with "
-                                    "`cmake -S trt_plugins/csrc -B build/trt_plugins && cmake --build build/trt_plugins`")
-        trt.get_plugin_registry().load_library(str(library))
+        load_plugin_library(trt, library)
         return str(library)
     from trt_plugins.python_plugin import register
 
@@ -169,13 +167,8 @@ class TrtBackend:
         plans = [build_engine(export_dir / g["file"], cache_dir, settings, load_plugin=plugin) for g in graphs]
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = [runtime.deserialize_cuda_engine(p.read_bytes()) for p in plans]
-        size = max(e.device_memory_size_v2 for e in self.engines)
-        self.activations = torch.empty(size, dtype=torch.uint8, device="cuda")
-        self.contexts = []
-        for engine in self.engines:
-            context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-            context.set_device_memory(self.activations.data_ptr(), size)
-            self.contexts.append(context)
+        self.contexts, self.activations = shared_memory_contexts(
+            trt, self.engines, lambda n: (buf := torch.empty(n, dtype=torch.uint8, device="cuda"), buf.data_ptr()))
         self.single = self.manifest["layout"] in ("single", "plugin")
         self.stream = torch.cuda.Stream()
 

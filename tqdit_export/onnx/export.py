@@ -78,28 +78,22 @@ def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
 class SingleLayoutDiT(nn.Module):
     """The single layout's graph: (x, t, y, time_group) -> out, every group's scales inside."""
 
+    group_input_type: type[GroupInput] = GroupInput
+
     def __init__(self, model: DiT, record: CalibrationRecord, weight_reduce_range: bool = False) -> None:
         super().__init__()
-        self.group_input = GroupInput()
+        self.group_input = self.group_input_type()
         self.qmodel = qdq_model(model, record, self.group_input, weight_reduce_range)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, time_group: torch.Tensor) -> torch.Tensor:
-        self.group_input.index = time_group
+        self.group_input.set(time_group)
         return self.qmodel(x, t, y)
 
 
 class PluginLayoutDiT(SingleLayoutDiT):
     """The plugin layout's graph: like the single layout, with TimeGroupQuantize plugins reading `time_group`."""
 
-    def __init__(self, model: DiT, record: CalibrationRecord, weight_reduce_range: bool = False) -> None:
-        nn.Module.__init__(self)
-        self.group_input = PluginGroupInput()
-        self.qmodel = qdq_model(model, record, self.group_input, weight_reduce_range)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, time_group: torch.Tensor) -> torch.Tensor:
-        # The plugin reads an int32 [1] tensor on the device; cast once here for every site.
-        self.group_input.index = time_group.reshape(1).to(torch.int32)
-        return self.qmodel(x, t, y)
+    group_input_type = PluginGroupInput
 
 
 def _example_inputs(model: DiT) -> tuple[torch.Tensor, ...]:

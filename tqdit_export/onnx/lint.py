@@ -26,7 +26,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, check_table
+from trt_plugins.reference import PLUGIN_NAMESPACE, PLUGIN_VERSION, check_table
+
+from .plugin_ref import is_plugin_node, plugin_attributes
 
 GEMMS = ("MatMul", "Gemm", "Conv")
 ALLOWED_ZP_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.FLOAT8E4M3FN)
@@ -84,7 +86,7 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
         return name in shapes
 
     for index, node in enumerate(graph.node):
-        if node.op_type == PLUGIN_NAME and node.domain == PLUGIN_NAMESPACE:
+        if is_plugin_node(node):
             findings += _check_plugin(node, _node_name(node, index))
             continue
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -120,7 +122,7 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
 
 def _check_plugin(node: onnx.NodeProto, name: str) -> list[Finding]:
     """The plugin node carries what TensorRT needs to find and create the plugin."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = plugin_attributes(node)
     findings = []
     for key, expected in (("plugin_namespace", PLUGIN_NAMESPACE), ("plugin_version", PLUGIN_VERSION)):
         value = attrs.get(key)

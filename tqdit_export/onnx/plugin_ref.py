@@ -12,12 +12,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, check_table
+from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, check_table, code_range
+
+
+def is_plugin_node(node: onnx.NodeProto) -> bool:
+    """True for a `tqdit::TimeGroupQuantize` node."""
+    return node.op_type == PLUGIN_NAME and node.domain == PLUGIN_NAMESPACE
 
 
 def plugin_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The TimeGroupQuantize nodes of `model`."""
-    return [n for n in model.graph.node if n.op_type == PLUGIN_NAME and n.domain == PLUGIN_NAMESPACE]
+    return [n for n in model.graph.node if is_plugin_node(n)]
 
 
 def plugin_attributes(node: onnx.NodeProto) -> dict:
@@ -32,7 +37,7 @@ def expand_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = out.graph
     new_nodes: list[onnx.NodeProto] = []
     for i, node in enumerate(graph.node):
-        if not (node.op_type == PLUGIN_NAME and node.domain == PLUGIN_NAMESPACE):
+        if not is_plugin_node(node):
             new_nodes.append(node)
             continue
         attrs = plugin_attributes(node)
@@ -40,7 +45,7 @@ def expand_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
         table = check_table(np.asarray(attrs["scales"], dtype=np.float32), bits)
         x, group = node.input
         p = f"{node.name or 'plugin'}_{i}_ref"
-        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        lo, hi = code_range(bits)
         graph.initializer.extend([numpy_helper.from_array(table, f"{p}_scales"),
                                   numpy_helper.from_array(np.array(lo, np.float32), f"{p}_lo"),
                                   numpy_helper.from_array(np.array(hi, np.float32), f"{p}_hi")])

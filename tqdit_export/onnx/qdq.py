@@ -103,11 +103,18 @@ class GroupInput:
     def __init__(self) -> None:
         self.index: torch.Tensor | None = None
 
+    def set(self, time_group: torch.Tensor) -> None:
+        """Take the graph input `time_group` (int64 scalar) for the sites of this forward pass."""
+        self.index = time_group
+
 
 class PluginGroupInput(GroupInput):
     """The plugin layout's time group: an int32 [1] tensor the TimeGroupQuantize plugins read on the device."""
 
     plugin = True
+
+    def set(self, time_group: torch.Tensor) -> None:
+        self.index = time_group.reshape(1).to(torch.int32)  # cast once here for every site
 
 
 class ActivationQDQ(nn.Module):
