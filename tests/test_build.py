@@ -52,6 +52,16 @@ def test_build_from_an_existing_record_reuses_it(tiny_checkpoint, tmp_path):
     out = tmp_path / "build"
     assert main(["build", "--model", str(tiny_checkpoint), "--record", str(record), "--out", str(out)]) == ENGINES_MISSING
     assert (out / "record" / "record.json").read_text() == (record / "record.json").read_text()
+    fp8 = tmp_path / "build_fp8"
+    assert main(["build", "--model", str(tiny_checkpoint), "--record", str(record), "--target", "l40s",
+                 "--precision", "fp8", "--out", str(fp8)]) == ENGINES_MISSING
+    assert json.loads((fp8 / "build.json").read_text())["precision"] == "fp8"
+    assert json.loads((fp8 / "onnx" / "manifest.json").read_text())["bits"]["weights_dtype"] == "float8e4m3fn"
+    # Jetson Orin (Ampere) has no FP8 tensor cores: refused before anything is written
+    orin = tmp_path / "build_orin"
+    assert main(["build", "--model", str(tiny_checkpoint), "--record", str(record), "--target", "orin",
+                 "--precision", "fp8", "--out", str(orin)]) == 2
+    assert not orin.exists()
 
 
 def test_build_refuses_a_record_of_another_model(tiny_checkpoint, tmp_path, make_tiny_dit, capsys):

@@ -93,6 +93,15 @@ def test_export_then_sample_with_onnx_runtime(tiny_checkpoint, tmp_path, capsys)
                  "--samples", "2", "--tolerance", "1e-9"]) == 1
     with pytest.raises(SystemExit, match="--onnx DIR"):
         main(["sample", "--model", str(tiny_checkpoint), "--backend", "ort", "--save-npz", str(npz)])
+    fp8_dir = tmp_path / "onnx_fp8"
+    assert main(["export", "--model", str(tiny_checkpoint), "--record", str(rec), "--out", str(fp8_dir),
+                 "--precision", "fp8", "--layout", "single"]) == 0
+    assert "float8e4m3fn" in capsys.readouterr().out
+    assert main(["check", "--model", str(tiny_checkpoint), "--record", str(rec), "--onnx", str(fp8_dir),
+                 "--samples", "2", "--tolerance", "0.01"]) == 0
+    assert main(["export", "--model", str(tiny_checkpoint), "--record", str(rec), "--out", str(tmp_path / "bad"),
+                 "--precision", "fp8", "--layout", "plugin"]) == 2
+    assert "plugin" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_calibrate_rejects_bad_bits(tiny_checkpoint, tmp_path, capsys):

@@ -40,12 +40,13 @@ class Target:
     layout: str
     strongly_typed: bool  # False: TensorRT 10.3 (JetPack 6) weakly typed network + INT8/FP16 flags
     max_batch: int
+    fp8: bool = False  # FP8 tensor cores: Ada (sm_89) and Hopper (sm_90) and newer
 
 
 TARGETS = {
-    "h100": Target("NVIDIA H100 / H200 (Hopper), TensorRT >= 10", "per-group", True, 64),
+    "h100": Target("NVIDIA H100 / H200 (Hopper), TensorRT >= 10", "per-group", True, 64, fp8=True),
     "a100": Target("NVIDIA A100 (Ampere), TensorRT >= 10", "per-group", True, 64),
-    "l40s": Target("NVIDIA L40S / RTX 4090 (Ada), TensorRT >= 10", "per-group", True, 32),
+    "l40s": Target("NVIDIA L40S / RTX 4090 (Ada), TensorRT >= 10", "per-group", True, 32, fp8=True),
     # Jetson: memory is shared with the CPU, so the weights are stored once (single layout);
     # JetPack 6 ships TensorRT 10.3, whose INT8 path is the weakly typed one.
     "orin": Target("Jetson AGX Orin / Orin NX (JetPack 6, TensorRT 10.3)", "single", False, 8),
@@ -78,17 +79,22 @@ def _engines_unavailable_reason() -> str | None:
 
 
 def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Path, out: Path, target: str,
-          layout: str | None = None, plugin_library: Path | None = None, command: str = "") -> tuple[dict, int]:
+          layout: str | None = None, plugin_library: Path | None = None, command: str = "",
+          precision: str = "int8") -> tuple[dict, int]:
     """Write the build folder; returns (build.json contents, exit status: 0 or ENGINES_MISSING)."""
     if target not in TARGETS:
         raise ValueError(f"--target {target!r} is unknown; choose one of {sorted(TARGETS)}")
     spec = TARGETS[target]
+    if precision == "fp8" and not spec.fp8:
+        raise ValueError(f"--precision fp8: target {target!r} has no FP8 tensor cores; use one of "
+                         f"{sorted(k for k, t in TARGETS.items() if t.fp8)} or --precision int8")
     layout = layout or spec.layout
     start = time.perf_counter()
     with atomic_folder(out, BUILD_MANIFEST) as tmp:
         shutil.copytree(record_dir, tmp / "record")
         # GPU targets: full 8-bit weights (7-bit codes are an ONNX Runtime CPU workaround).
-        manifest = export_dit(model, record, tmp / "onnx", layout=layout, weight_reduce_range=False)
+        manifest = export_dit(model, record, tmp / "onnx", layout=layout, weight_reduce_range=False,
+                              precision=precision)
         graphs = [g["file"] for g in manifest["graphs"]]
         lint = {f: [str(x) for x in lint_file(tmp / "onnx" / f)] for f in graphs}
         (tmp / "lint.json").write_text(json.dumps(lint, indent=2) + "\n")
@@ -98,7 +104,7 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
             "command": command,
             "target": {"name": target, **spec.__dict__, "layout": layout},
             "layout": layout,
-            "precision": "int8",
+            "precision": precision,
             "time_groups": manifest["time_groups"],
             "model": {"name": model_name, "config": record.model_config},
             "inputs": {"weights_sha256": record.model_hash, "record_sha256": record_sha256(record_dir),
@@ -114,12 +120,13 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
         if reason is not None:
             info.update(status="onnx-only", reason=reason, tensorrt=None, gpu=None)
         else:
-            info.update(_build_engines(tmp, manifest, spec, layout, plugin_library))
+            info.update(_build_engines(tmp, manifest, spec, layout, plugin_library, precision))
         (tmp / BUILD_MANIFEST).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info, 0 if info["status"] == "complete" else ENGINES_MISSING
 
 
-def _build_engines(folder: Path, manifest: dict, spec: Target, layout: str, plugin_library: Path | None) -> dict:
+def _build_engines(folder: Path, manifest: dict, spec: Target, layout: str, plugin_library: Path | None,
+                   precision: str) -> dict:
     """Engines for every graph of the export (runs only with TensorRT and a GPU)."""
     import torch
 
@@ -128,7 +135,7 @@ def _build_engines(folder: Path, manifest: dict, spec: Target, layout: str, plug
     trt = import_tensorrt()
     # TensorRT 11 has only strongly typed networks; the weak INT8 path is for 10.x (JetPack 6).
     strongly_typed = spec.strongly_typed or trt_major(trt) >= 11
-    settings = BuildSettings(strongly_typed=strongly_typed, max_batch=spec.max_batch)
+    settings = BuildSettings(strongly_typed=strongly_typed, max_batch=spec.max_batch, fp8=precision == "fp8")
     start = time.perf_counter()
     engines = []
     for graph in manifest["graphs"]:

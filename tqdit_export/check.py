@@ -3,6 +3,8 @@
 For every time group, real calibration inputs of that group (FP trajectory points, CFG
 batch) go through the torch fake-quant model and the ONNX Runtime session of the export;
 Polygraphy compares the outputs and this module adds the relative L2 error per group.
+FP8 exports are compared with their own torch modules (float8e4m3fn Q/DQ), since the
+fake-quant model simulates the integer grid.
 """
 from __future__ import annotations
 
@@ -32,7 +34,21 @@ class GroupParity:
     polygraphy_pass: bool
 
 
-def _torch_runner(backend: FakeQuantBackend, takes_time_group: bool):
+class Fp8Reference:
+    """What an FP8 export computes, in torch: the export modules of each time group."""
+
+    def __init__(self, model: DiT, record: CalibrationRecord) -> None:
+        from .onnx.export import qdq_model
+
+        self.groups = record.time_groups
+        self.models = [qdq_model(model, record, g, precision="fp8") for g in range(self.groups.num_groups)]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.models[self.groups.group_of(t)](x, t, y)
+
+
+def _torch_runner(backend, takes_time_group: bool):
     from polygraphy.backend.base import BaseRunner
 
     class FakeQuantRunner(BaseRunner):
@@ -78,7 +94,8 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
     G_LOGGER.module_severity = G_LOGGER.WARNING  # one summary line per group is printed by the caller
 
     ort_backend = OrtBackend(onnx_dir)
-    reference = FakeQuantBackend(model, record)
+    fp8 = ort_backend.manifest.get("precision") == "fp8"
+    reference = Fp8Reference(model, record) if fp8 else FakeQuantBackend(model, record)
     data = collect_calibration_data(model, record.time_groups, samples, seed=seed + 7, clip_denoised=clip_denoised,
                                     progress=False)
     results = []

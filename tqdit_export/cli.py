@@ -169,11 +169,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     reduce = {"auto": None, "on": True, "off": False}[args.reduce_range]
     start = time.perf_counter()
     manifest = export_dit(resolved.model, record, args.out, layout=args.layout, fp32=args.fp32,
-                          weight_reduce_range=reduce)
+                          weight_reduce_range=reduce,
+                          precision=args.precision)
     size = sum((Path(args.out) / g["file"]).stat().st_size for g in manifest["graphs"])
     print(f"exported {len(manifest['graphs'])} {manifest['layout']} graph(s)"
           f"{' + fp32' if args.fp32 else ''} ({size / 2**20:.2f} MiB quantized, weights in graph "
-          f"{manifest['bits']['weights_in_graph']}-bit) in {time.perf_counter() - start:.1f} s to {args.out}")
+          f"{manifest['bits']['weights_dtype']}, {manifest['bits']['weights_in_graph']}-bit codes) in "
+          f"{time.perf_counter() - start:.1f} s to {args.out}")
     return 0
 
 
@@ -261,7 +263,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             record.save(record_dir)
             print(f"calibrated {args.bits} (G={args.groups}) in {time.perf_counter() - start:.1f} s")
         info, status = build(resolved.model, resolved.name, record, Path(record_dir), args.out, args.target,
-                             layout=args.layout, plugin_library=args.plugin_library, command=command)
+                             layout=args.layout, plugin_library=args.plugin_library, command=command,
+                             precision=args.precision)
     onnx_mib = sum(info["sizes_bytes"]["onnx"].values()) / 2**20
     print(f"exported {len(info['sizes_bytes']['onnx'])} {info['layout']} graph(s) ({onnx_mib:.2f} MiB), "
           f"lint findings: {info['lint']['findings']} -> {args.out}")
@@ -394,7 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "TimeGroupQuantize plugin); default per-group")
     x.add_argument("--fp32", action="store_true", help="also write the unquantized graph (speed/quality baseline)")
     x.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
-                   help="7-bit weight codes for ONNX Runtime on CPUs without VNNI (auto: detect)")
+                   help="7-bit weight codes for ONNX Runtime on CPUs without VNNI (auto: detect; int8 only)")
+    x.add_argument("--precision", choices=("int8", "fp8"), default="int8",
+                   help="int8 Q/DQ (default), or fp8: float8e4m3fn Q/DQ at opset 19 over the record's clipping "
+                        "ranges, for TensorRT on Ada/Hopper (ONNX Runtime runs it in float on the CPU)")
     x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="the whole pipeline on the bundled model, FP32 vs INT8 side by side")
@@ -434,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "; ".join(f"{k}: {t.description}, {t.layout}" for k, t in TARGETS.items()) + " (default h100)")
     b.add_argument("--layout", choices=("per-group", "single", "plugin"), default=None,
                    help="override the target's layout")
+    b.add_argument("--precision", choices=("int8", "fp8"), default="int8",
+                   help="int8 (default) or fp8 (E4M3; targets h100 and l40s only)")
     b.add_argument("--plugin-library", type=Path, default=None,
                    help="libtqdit_trt_plugins.so for the plugin layout (default: the Python plugin)")
     b.add_argument("--out", type=Path, required=True, help="build folder to write")

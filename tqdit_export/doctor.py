@@ -28,8 +28,10 @@ def _torch() -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
+    count = torch.cuda.device_count() if cuda else 0
     return {"version": torch.__version__, "cuda": cuda, "threads": torch.get_num_threads(),
-            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []}
+            "gpus": [torch.cuda.get_device_name(i) for i in range(count)],
+            "compute_capability": [".".join(map(str, torch.cuda.get_device_capability(i))) for i in range(count)]}
 
 
 def _onnxruntime() -> dict | None:
@@ -71,6 +73,9 @@ def report() -> dict:
     trt = _probe(_tensorrt)
     torch_info = _probe(_torch)
     can_build = isinstance(trt, dict) and trt["builder"] and isinstance(torch_info, dict) and torch_info["cuda"]
+    # FP8 tensor cores: Ada (8.9), Hopper (9.0) and newer
+    fp8_gpu = isinstance(torch_info, dict) and any(tuple(map(int, c.split("."))) >= (8, 9)
+                                                   for c in torch_info["compute_capability"])
     return {
         "python": platform.python_version(),
         "cpu": {"name": cpu_name(), "vnni": cpu_has_vnni(), "machine": platform.machine()},
@@ -87,6 +92,7 @@ def report() -> dict:
             "ort_int8": isinstance(_probe(_onnxruntime), dict),
             "ort_int8_full_range_weights": cpu_has_vnni(),  # without VNNI: 7-bit weight codes
             "build_trt_engines": bool(can_build),
+            "build_trt_fp8_engines": bool(can_build and fp8_gpu),
             "edge_runtime_trt": isinstance(trt, dict) and _version("pycuda") is not None,
             "compile_plugin_kernel": shutil.which("nvcc") is not None,
         },

@@ -15,7 +15,7 @@ from tqdit_export.engines.trt_backend import (
 
 def fake_trt(version: str):
     return SimpleNamespace(__version__=version, NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1),
-                           BuilderFlag=SimpleNamespace(INT8="INT8", FP16="FP16"))
+                           BuilderFlag=SimpleNamespace(INT8="INT8", FP16="FP16", FP8="FP8"))
 
 
 def test_tensorrt_10_strongly_typed_by_default():
@@ -30,6 +30,8 @@ def test_jetpack_6_weakly_typed_int8_path():
     assert network_flags(trt, weak) == 0
     assert builder_flags(trt, weak) == ["INT8", "FP16"]
     assert builder_flags(trt, BuildSettings(strongly_typed=False, fp16_fallback=False)) == ["INT8"]
+    assert builder_flags(trt, BuildSettings(strongly_typed=False, fp8=True)) == ["FP8", "FP16"]
+    assert builder_flags(trt, BuildSettings(fp8=True)) == []  # strongly typed: the graph's Q/DQ say FP8
 
 
 def test_tensorrt_11_has_only_strong_typing():

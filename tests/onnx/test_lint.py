@@ -84,3 +84,12 @@ def test_a_double_qdq_pair_breaks_fusion():
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         lint_file(tmp_path / "nope.onnx")
+
+
+@pytest.mark.parametrize("opset,expected", [(17, {("qdq-dtype", "act_q", "error"), ("qdq-dtype", "act_dq", "error")}),
+                                            (19, set())])
+def test_float8_zero_points_need_opset_19(opset, expected):
+    model = _graph(opset=opset)
+    zp = next(i for i in model.graph.initializer if i.name == "x_zp")
+    zp.CopyFrom(helper.make_tensor("x_zp", TensorProto.FLOAT8E4M3FN, [], [0.0]))
+    assert _rules(model) == expected

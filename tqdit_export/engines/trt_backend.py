@@ -54,6 +54,7 @@ class BuildSettings:
     fp16_fallback: bool = True  # weakly typed path only: let float layers run in FP16
     workspace_mib: int = 4096
     max_batch: int = 64
+    fp8: bool = False  # the graph has float8e4m3fn Q/DQ (weakly typed path: FP8 flag)
 
 
 def network_flags(trt: ModuleType, settings: BuildSettings) -> int:
@@ -66,10 +67,10 @@ def network_flags(trt: ModuleType, settings: BuildSettings) -> int:
 
 
 def builder_flags(trt: ModuleType, settings: BuildSettings) -> list:
-    """Precision flags the builder config needs: none when strongly typed, INT8 (+FP16) otherwise."""
+    """Precision flags the builder config needs: none when strongly typed, INT8 or FP8 (+FP16) otherwise."""
     if settings.strongly_typed:
         return []
-    flags = [trt.BuilderFlag.INT8]
+    flags = [trt.BuilderFlag.FP8 if settings.fp8 else trt.BuilderFlag.INT8]
     if settings.fp16_fallback:
         flags.append(trt.BuilderFlag.FP16)
     return flags

@@ -42,14 +42,15 @@ from .lint import LintError, lint_model
 from .manifest import MANIFEST, MANIFEST_VERSION
 from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-from .qdq import GroupInput, PluginGroupInput, QDQLinear, QDQMatMul, activation_qdq
+from .qdq import PRECISIONS, GroupInput, PluginGroupInput, QDQLinear, QDQMatMul, activation_qdq
 
 INT8_OPSET = 17  # ONNX Runtime refuses int8 Q/DQ graphs at opset >= 21 with optimizations on
 INT4_OPSET = 21  # the first opset whose DequantizeLinear takes int4 weights
+FP8_OPSET = 19  # the first opset whose Q/DQ take float8e4m3fn
 
 
 def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
-              weight_reduce_range: bool = False) -> nn.Module:
+              weight_reduce_range: bool = False, precision: str = "int8") -> nn.Module:
     """A copy of `model` whose sites are Q/DQ export modules: the scales of time `group`, or
     of every group selected at run time through a `GroupInput` (single layout).
 
@@ -57,7 +58,11 @@ def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
     operand of activation x activation GEMMs (the kernel's B side), but uses 7-bit codes
     (step x 127/63): ONNX Runtime's u8 x s8 CPU kernel without VNNI adds pairs of products in
     saturating int16, which full-range int8 B operands overflow.
+    `precision="fp8"`: float8e4m3fn activations and weights over the record's clipping ranges.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
+    weight_reduce_range = weight_reduce_range and precision == "int8"
     record.check_model(model)
     qmodel = copy.deepcopy(model).eval()
     for site in record.sites:
@@ -66,10 +71,12 @@ def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
             w_bits, w_scale = record.weight_bits, record.tensor(site.name, "weight", "scale")
             if weight_reduce_range and w_bits == 8:
                 w_bits, w_scale = 7, w_scale * (qrange(8)[1] / qrange(7)[1])
-            new = QDQLinear(module, activation_qdq(record, site, "input", group), w_scale, w_bits)
+            new = QDQLinear(module, activation_qdq(record, site, "input", group, precision=precision), w_scale, w_bits,
+                            precision)
         else:
-            new = QDQMatMul(activation_qdq(record, site, "a", group),
-                            activation_qdq(record, site, "b", group, reduce_range=weight_reduce_range))
+            new = QDQMatMul(activation_qdq(record, site, "a", group, precision=precision),
+                            activation_qdq(record, site, "b", group, reduce_range=weight_reduce_range,
+                                           precision=precision))
         parent, _, child = site.name.rpartition(".")
         setattr(qmodel.get_submodule(parent) if parent else qmodel, child, new)
     return qmodel
@@ -80,10 +87,11 @@ class SingleLayoutDiT(nn.Module):
 
     group_input_type: type[GroupInput] = GroupInput
 
-    def __init__(self, model: DiT, record: CalibrationRecord, weight_reduce_range: bool = False) -> None:
+    def __init__(self, model: DiT, record: CalibrationRecord, weight_reduce_range: bool = False,
+                 precision: str = "int8") -> None:
         super().__init__()
         self.group_input = self.group_input_type()
-        self.qmodel = qdq_model(model, record, self.group_input, weight_reduce_range)
+        self.qmodel = qdq_model(model, record, self.group_input, weight_reduce_range, precision)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, time_group: torch.Tensor) -> torch.Tensor:
         self.group_input.set(time_group)
@@ -207,20 +215,33 @@ LAYOUTS = ("per-group", "single", "plugin")
 
 
 def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layout: str = "per-group",
-               fp32: bool = False, weight_reduce_range: bool | None = None, int4_weights: bool | None = None) -> dict:
+               fp32: bool = False, weight_reduce_range: bool | None = None, int4_weights: bool | None = None,
+               precision: str = "int8") -> dict:
     """Write the Q/DQ graph(s) of `layout` (+ `fp32.onnx` with `fp32`) and the manifest.
 
     `weight_reduce_range=None` picks 7-bit weights when this CPU lacks VNNI (ORT CPU target).
     `int4_weights=None` stores the weights as INT4 (opset 21) when the record's weights have <= 4 bits
-    (W4A8); False keeps 4-bit codes in int8 (opset 17). Returns the manifest.
+    (W4A8); False keeps 4-bit codes in int8 (opset 17). `precision="fp8"` writes float8e4m3fn
+    Q/DQ (opset 19) over the record's clipping ranges, for TensorRT on Ada/Hopper; 8-bit
+    records are the ones to use. Returns the manifest.
     """
     out_dir = Path(out_dir)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
+    fp8 = precision == "fp8"
+    if fp8 and layout == "plugin":
+        raise ValueError("layout 'plugin' writes int8 codes; export FP8 with --layout per-group or single")
+    if fp8 and int4_weights:
+        raise ValueError("int4_weights and precision fp8 exclude each other: FP8 weights are float8e4m3fn")
     if int4_weights is None:
-        int4_weights = record.weight_bits <= 4
+        int4_weights = record.weight_bits <= 4 and not fp8
     elif int4_weights and record.weight_bits > 4:
         raise ValueError(f"int4_weights: the record has {record.weight_bits}-bit weights; INT4 holds 4 bits at most")
     if weight_reduce_range is None:
-        weight_reduce_range = not cpu_has_vnni()
+        weight_reduce_range = not cpu_has_vnni() and not fp8
+    elif weight_reduce_range and fp8:
+        raise ValueError("weight_reduce_range is for int8 codes on CPUs without VNNI; FP8 graphs have none")
+    opset = FP8_OPSET if fp8 else INT8_OPSET
     example = _example_inputs(model)
     with atomic_folder(out_dir, MANIFEST) as tmp:
         graphs = []
@@ -228,14 +249,15 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
         if layout == "per-group":
             for g in range(record.time_groups.num_groups):
                 name = f"group_{g:02d}.onnx"
-                export_onnx(qdq_model(model, record, g, weight_reduce_range), example, tmp / name,
-                            int4_weights=int4_weights)
+                export_onnx(qdq_model(model, record, g, weight_reduce_range, precision), example, tmp / name,
+                            opset=opset, int4_weights=int4_weights)
                 lo, hi = record.time_groups.timestep_range(g)
                 graphs.append(_graph_entry(tmp, name, time_group=g, timesteps=[lo, hi]))
         elif layout in ("single", "plugin"):
-            module = (SingleLayoutDiT if layout == "single" else PluginLayoutDiT)(model, record, weight_reduce_range)
+            module = (SingleLayoutDiT if layout == "single" else PluginLayoutDiT)(model, record, weight_reduce_range,
+                                                                                  precision)
             name = f"{layout}.onnx"
-            export_onnx(module, (*example, torch.tensor(0)), tmp / name, int4_weights=int4_weights)
+            export_onnx(module, (*example, torch.tensor(0)), tmp / name, opset=opset, int4_weights=int4_weights)
             graphs.append(_graph_entry(tmp, name, time_group="input"))
             inputs["time_group"] = "int64 scalar: the group whose timestep range holds t"
         else:
@@ -243,13 +265,16 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
         manifest = {
             "version": MANIFEST_VERSION,
             "layout": layout,
-            "opset": INT4_OPSET if int4_weights else INT8_OPSET,
+            "opset": INT4_OPSET if int4_weights else opset,
+            "precision": precision,
             "inputs": inputs,
             "outputs": {"out": "float32 (N,2C,H,W) epsilon | variance"},
             "model": {"config": record.model_config, "weights_sha256": record.model_hash},
             "bits": {"weights": record.weight_bits, "activations": record.activation_bits,
-                     "weights_in_graph": 7 if weight_reduce_range and record.weight_bits == 8 else record.weight_bits,
-                     "reduce_range": weight_reduce_range, "weights_dtype": "int4" if int4_weights else "int8"},
+                     "weights_in_graph": "fp8" if fp8 else (7 if weight_reduce_range and record.weight_bits == 8
+                                                            else record.weight_bits),
+                     "reduce_range": weight_reduce_range,
+                     "weights_dtype": "float8e4m3fn" if fp8 else "int4" if int4_weights else "int8"},
             "time_groups": list(record.time_groups.edges),
             "calibration": record.method,
             "graphs": graphs,

@@ -3,7 +3,8 @@
 Reports, per node, every Q/DQ that TensorRT's explicit-quantization path would reject or
 fail to fuse. Errors fail an export; warnings are reported. Rules (codes in brackets):
 - [zero-point] zero point not all zeros (TensorRT is symmetric only);
-- [qdq-dtype] zero point of a type other than int8 / int4 (weights) / float8e4m3 (e.g. uint8);
+- [qdq-dtype] zero point of a type other than int8 / int4 (weights) / float8e4m3 (e.g. uint8),
+  or a float8e4m3 one below opset 19;
 - [scale-constant] scale not a build-time constant (initializer or Constant);
 - [scale-positive] a scale that is zero, negative or not finite;
 - [per-channel-activation] a per-channel scale on an activation (only weights may be per channel);
@@ -110,6 +111,9 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
             if const_types.get(zp_name) not in ALLOWED_ZP_TYPES:
                 findings.append(Finding("error", "qdq-dtype", name, f"zero point {zp_name!r} has type "
                                         f"{onnx.TensorProto.DataType.Name(const_types[zp_name])}; use int8"))
+            elif const_types.get(zp_name) == onnx.TensorProto.FLOAT8E4M3FN and opset is not None and opset < 19:
+                findings.append(Finding("error", "qdq-dtype", name, f"float8e4m3fn zero point {zp_name!r} at opset "
+                                        f"{opset}; FP8 Q/DQ needs opset >= 19"))
         per_channel = scale is not None and scale.size > 1
         data_is_constant = is_constant(node.input[0])
         if per_channel and not data_is_constant and node.op_type == "QuantizeLinear":

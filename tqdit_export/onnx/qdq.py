@@ -8,7 +8,9 @@ model. What the ONNX graph holds, per TensorRT's explicit-quantization rules:
 - weights: an int8 initializer [in, out] -> DequantizeLinear(axis=1, per output channel)
   straight into the MatMul (no Transpose between DQ and GEMM, which would break fusion);
 - two-region (MRQ) operands: split by value with Where/Clip, each part Q/DQ'd with its
-  own scale, two GEMMs summed (exact, since the GEMM is linear).
+  own scale, two GEMMs summed (exact, since the GEMM is linear);
+- FP8 (E4M3, for Ada/Hopper): the same graph with float8e4m3fn codes and zero points. The
+  record's integer clipping ranges carry over, amax = s * qmax  ->  s_fp8 = amax / 448.
 LayerNorm, adaLN, softmax, GELU and residual adds stay in float.
 
 The ONNX nodes come from `torch.autograd.Function.symbolic`, which the TorchScript-based
@@ -21,6 +23,19 @@ import torch.nn as nn
 
 from calibration.quantizers import fake_quant, gelu_negative_scale, qrange
 from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+PRECISIONS = ("int8", "fp8")
+FP8_MAX = 448.0  # largest finite float8e4m3fn value
+
+
+def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Q/DQ through float8e4m3fn: saturate to +-448, round to nearest even (ONNX QuantizeLinear-19, saturate=1)."""
+    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
+
+
+def fp8_scale(scale, bits: int):
+    """The FP8 scale with the clipping range of a `bits`-bit integer scale: s * qmax / 448."""
+    return scale * (qrange(bits)[1] / FP8_MAX)
 
 
 class _QDQ(torch.autograd.Function):
@@ -41,8 +56,22 @@ class _QDQ(torch.autograd.Function):
         return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, zp), s, zp)
 
 
+class _QDQFP8(torch.autograd.Function):
+    """Per-tensor Q/DQ through float8e4m3fn with a constant scale."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: D102
+        return fake_quant_fp8(x, torch.tensor(scale, dtype=x.dtype))
+
+    @staticmethod
+    def symbolic(g, x, scale: float):  # noqa: D102
+        s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
+        zp = g.op("Constant", value_t=torch.zeros((), dtype=torch.float8_e4m3fn))
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, zp), s, zp)
+
+
 class _DequantWeight(torch.autograd.Function):
-    """int8 weight codes [in, out] and per-output-channel scales (out,) -> float weight."""
+    """int8 (or float8e4m3fn) weight codes [in, out] and per-output-channel scales (out,) -> float weight."""
 
     @staticmethod
     def forward(ctx, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -51,7 +80,7 @@ class _DequantWeight(torch.autograd.Function):
     @staticmethod
     def symbolic(g, codes, scale):  # noqa: D102
         out = scale.type().sizes()[0]
-        zp = g.op("Constant", value_t=torch.zeros(out, dtype=torch.int8))
+        zp = g.op("Constant", value_t=torch.zeros(out, dtype=codes.type().dtype()))
         return g.op("DequantizeLinear", codes, scale, zp, axis_i=1)
 
 
@@ -90,8 +119,10 @@ class _DequantCodes(torch.autograd.Function):
                     g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8)))
 
 
-def qdq(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
-    """Fake-quantize `x` as one ONNX Q/DQ pair (a Clip in front below 8 bits)."""
+def qdq(x: torch.Tensor, scale: float, bits: int | str) -> torch.Tensor:
+    """Fake-quantize `x` as one ONNX Q/DQ pair: `bits` integer codes (a Clip in front below 8) or "fp8"."""
+    if bits == "fp8":
+        return _QDQFP8.apply(x, float(scale))
     return _QDQ.apply(x, float(scale), int(bits))
 
 
@@ -131,10 +162,13 @@ class ActivationQDQ(nn.Module):
     GEMM output is multiplied by (None for 1).
     """
 
-    def __init__(self, region: str, bits: int, group: int | GroupInput, scale: list[float] | None = None,
+    def __init__(self, region: str, bits: int | str, group: int | GroupInput, scale: list[float] | None = None,
                  boundary: list[float] | None = None, scale_low: list[float] | None = None,
                  scale_high: list[float] | None = None) -> None:
         super().__init__()
+        if bits == "fp8" and isinstance(group, GroupInput) and group.plugin:
+            raise ValueError("the TimeGroupQuantize plugin writes int8 codes; export FP8 with the per-group "
+                             "or single layout")
         self.region, self.bits, self.group = region, bits, group
         self.tables = {"scale": scale, "boundary": boundary, "scale_low": scale_low, "scale_high": scale_high}
         for name, table in self.tables.items():
@@ -173,37 +207,48 @@ class ActivationQDQ(nn.Module):
         return [self._part(torch.clamp(x, max=0.0), "scale_low"), self._part(torch.clamp(x, min=0.0), "scale_high")]
 
 
-def activation_qdq(record, site, operand: str, group: int | GroupInput, reduce_range: bool = False) -> ActivationQDQ:
+def activation_qdq(record, site, operand: str, group: int | GroupInput, reduce_range: bool = False,
+                   precision: str = "int8") -> ActivationQDQ:
     """The Q/DQ of `operand` of `site`, read from a CalibrationRecord, for one time group or all.
 
     `reduce_range` (uniform 8-bit operands only) keeps the clipping range with 7-bit codes.
+    `precision="fp8"`: float8e4m3fn codes over the same clipping ranges (MRQ boundaries unchanged).
     """
     region, bits = site.region(operand), record.activation_bits
 
     def table(name: str) -> list[float]:
-        return [float(v) for v in record.tensor(site.name, operand, name)]
+        values = [float(v) for v in record.tensor(site.name, operand, name)]
+        return [fp8_scale(v, bits) for v in values] if precision == "fp8" else values
 
+    codes = "fp8" if precision == "fp8" else bits
     if region == "uniform":
         scale = table("scale")
-        if reduce_range and bits == 8:
-            bits, scale = 7, [s * qrange(8)[1] / qrange(7)[1] for s in scale]
-        return ActivationQDQ(region, bits, group, scale=scale)
+        if reduce_range and bits == 8 and precision == "int8":
+            codes, scale = 7, [s * qrange(8)[1] / qrange(7)[1] for s in scale]
+        return ActivationQDQ(region, codes, group, scale=scale)
     low = table("scale_low")
     if region == "gelu":
         low = [gelu_negative_scale(bits)] * len(low)
-    return ActivationQDQ(region, bits, group, boundary=table("boundary"), scale_low=low,
-                         scale_high=table("scale_high"))
+        low = [fp8_scale(v, bits) for v in low] if precision == "fp8" else low
+    boundary = [float(v) for v in record.tensor(site.name, operand, "boundary")]
+    return ActivationQDQ(region, codes, group, boundary=boundary, scale_low=low, scale_high=table("scale_high"))
 
 
 class QDQLinear(nn.Module):
-    """Linear layer as Q/DQ input part(s) x DQ(int8 weight) + bias."""
+    """Linear layer as Q/DQ input part(s) x DQ(int8 or float8e4m3fn weight) + bias."""
 
-    def __init__(self, linear: nn.Linear, act: ActivationQDQ, weight_scale: torch.Tensor, weight_bits: int) -> None:
+    def __init__(self, linear: nn.Linear, act: ActivationQDQ, weight_scale: torch.Tensor, weight_bits: int,
+                 precision: str = "int8") -> None:
         super().__init__()
-        lo, hi = qrange(weight_bits)
-        codes = torch.clamp(torch.round(linear.weight.detach() / weight_scale[:, None]), lo, hi)
+        weight = linear.weight.detach()
+        if precision == "fp8":
+            weight_scale = fp8_scale(weight_scale, weight_bits)
+            codes = (weight / weight_scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        else:
+            lo, hi = qrange(weight_bits)
+            codes = torch.clamp(torch.round(weight / weight_scale[:, None]), lo, hi).to(torch.int8)
         # Stored as the MatMul's B operand [in, out]: per-output-channel quantization is axis 1.
-        self.register_buffer("weight_codes", codes.T.contiguous().to(torch.int8))
+        self.register_buffer("weight_codes", codes.T.contiguous())
         self.register_buffer("weight_scale", weight_scale.detach().float().clone())
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.act = act
