@@ -5,7 +5,8 @@
 
 Rows: fp; minmax (one scale for all timesteps, no MRQ/HO); tqdit (TGQ + MRQ + HO);
 no-tgq, no-mrq, no-ho (TQ-DiT with one part switched off); tqdit-ort (the tqdit record
-exported to per-group Q/DQ ONNX and sampled with ONNX Runtime: the deployed numbers). For every (row, bits, sampler
+exported to per-group Q/DQ ONNX and sampled with ONNX Runtime: the deployed numbers);
+tqdit-fp8-ort (the same record's clipping ranges as FP8 E4M3 Q/DQ, ONNX Runtime). For every (row, bits, sampler
 steps, seed) it samples `--num` digits (balanced classes, cfg 1.5) from the same noise as
 the FP row and reports FD, class accuracy, paired PSNR vs FP, and the calibration wall
 time and peak memory (each calibration runs in its own process, so its peak RSS is its own).
@@ -50,6 +51,7 @@ ROWS = {
     "no-mrq": ["--no-mrq"],
     "no-ho": ["--no-ho"],
     "tqdit-ort": [],  # the tqdit record, exported per group and sampled by ONNX Runtime's INT8 kernels
+    "tqdit-fp8-ort": [],  # the tqdit record's ranges as FP8 (E4M3) Q/DQ, sampled by ONNX Runtime
 }
 
 
@@ -205,11 +207,12 @@ def main(argv: list[str] | None = None) -> None:
         for row in args.rows:
             cost = {}
             backend = TorchBackend(model)
-            if row == "tqdit-ort":
+            if row in ("tqdit-ort", "tqdit-fp8-ort"):
                 record_dir, cost = calibrate(args.model, "tqdit", bits, args.workdir)
-                onnx_dir = args.workdir / f"onnx_{bits}"
+                precision = "fp8" if row == "tqdit-fp8-ort" else "int8"
+                onnx_dir = args.workdir / (f"onnx_{bits}" + ("_fp8" if precision == "fp8" else ""))
                 if not (onnx_dir / "manifest.json").exists():
-                    export_dit(model, CalibrationRecord.load(record_dir, model), onnx_dir)
+                    export_dit(model, CalibrationRecord.load(record_dir, model), onnx_dir, precision=precision)
                 backend = OrtBackend(onnx_dir, threads=torch.get_num_threads())
             elif row != "fp":
                 record_dir, cost = calibrate(args.model, row, bits, args.workdir)
