@@ -4,7 +4,8 @@
     python benchmarks/speed_cpu.py --models dit-digits --threads 2
 
 For every model: FP32 graph; INT8 per-group graphs without MRQ ("plain"); INT8 with MRQ on
-the post-softmax and post-GELU sites; INT8 single layout (time_group input). The bundled
+the post-softmax sites only, on the post-GELU sites only, and on both (what MRQ costs per
+site); INT8 single layout (time_group input). The bundled
 model uses its trained weights and a TQ-DiT record; DiT-S/2 and DiT-B/2 (32x32x4 latents)
 use random weights and a min-max record (labelled: speed only, no quality meaning).
 Median of `--repeats` timed calls after warm-up, batch `--batch` (CFG doubles a batch of
@@ -14,6 +15,7 @@ benchmarks/results/speed_cpu.{json,md}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -23,6 +25,8 @@ from pathlib import Path
 import torch
 
 from calibration.calibrate import CalibrationConfig
+from calibration.record import CalibrationRecord
+from calibration.sites import Site
 from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.io import atomic_output, write_json
 from tqdit_export.models import DIT_CONFIGS, DiT, resolve_model
@@ -38,6 +42,19 @@ def load(name: str) -> tuple[DiT, str]:
         torch.manual_seed(0)
         return DiT(DIT_CONFIGS[name]).eval(), f"{name} (random weights, min-max record)"
     return resolve_model(name).model, f"{name} (trained, TQ-DiT record)"
+
+
+def mrq_only(record: CalibrationRecord, region: str) -> CalibrationRecord:
+    """The MRQ record with two-region quantizers only where the region is `region` ("softmax" or
+    "gelu"); the other MRQ operands get their high-region scale as one uniform scale. For speed
+    only: the graph has the GEMMs of that mix, the dropped operands are not calibrated."""
+    tensors, sites = dict(record.tensors), []
+    for site in record.sites:
+        for operand, kind in site.regions.items():
+            if kind != region:
+                tensors[f"{site.name}.{operand}.scale"] = tensors[f"{site.name}.{operand}.scale_high"]
+        sites.append(Site(site.name, site.kind, {op: k for op, k in site.regions.items() if k == region}))
+    return dataclasses.replace(record, sites=sites, tensors=tensors)
 
 
 def time_calls(backend, x, t, y, repeats: int, warmup: int = 3) -> float:
@@ -60,8 +77,12 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
     method = "minmax" if random_weights else "tqdit"  # MRQ exists only in the TQ-DiT search
     records = {
         "plain": calibrate_dit(model, CalibrationConfig(num_groups=groups, method=method, mrq=False), **common),
-        "mrq": calibrate_dit(model, CalibrationConfig(num_groups=groups, rounds=1 if random_weights else 3), **common),
+        # random weights: one round without HO (speed does not depend on the scales)
+        "mrq": calibrate_dit(model, CalibrationConfig(num_groups=groups, rounds=1 if random_weights else 3,
+                                                      ho=not random_weights), **common),
     }
+    records["mrq-softmax"] = mrq_only(records["mrq"], "softmax")
+    records["mrq-gelu"] = mrq_only(records["mrq"], "gelu")
     c = model.config
     torch.manual_seed(1)
     x = torch.randn(args.batch, c.in_channels, c.input_size, c.input_size)
@@ -69,6 +90,8 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
     y = torch.cat([torch.arange(args.batch // 2) % c.num_classes, torch.full((args.batch - args.batch // 2,),
                                                                              model.null_class)])
     variants = [("fp32", "plain", "per-group", True), ("int8 plain", "plain", "per-group", False),
+                ("int8 + MRQ on A (post-softmax) only", "mrq-softmax", "per-group", False),
+                ("int8 + MRQ on fc2 input (post-GELU) only", "mrq-gelu", "per-group", False),
                 ("int8 + MRQ", "mrq", "per-group", False), ("int8 + MRQ, single layout", "mrq", "single", False)]
     rows, fp32_ms = [], None
     for variant, rec, layout, fp32 in variants:
