@@ -9,7 +9,10 @@ tokens rows, [K, N] weights. The INT8 graph is what the exporter writes for a li
 (x -> QuantizeLinear -> DequantizeLinear -> MatMul <- DequantizeLinear <- int8 W, per output
 channel), which ONNX Runtime fuses into one MatMulIntegerToFloat; the kernel it runs is
 checked in the optimised graph. Weights use 7-bit codes on CPUs without VNNI, as the
-exporter does there. Median of `--repeats` runs; writes benchmarks/results/gemm_cpu.{json,md}.
+exporter does there. A third column re-encodes the same activation codes as uint8 with zero
+point 128 (exact, but TensorRT refuses non-zero zero points): whether ONNX Runtime's u8 x s8
+kernel beats its s8 x s8 one on this CPU. Median of `--repeats` runs; writes
+benchmarks/results/gemm_cpu.{json,md}.
 """
 from __future__ import annotations
 
@@ -50,8 +53,9 @@ def fp32_graph(k: int, n: int, w: np.ndarray) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def int8_graph(k: int, n: int, w: np.ndarray, weight_bits: int) -> onnx.ModelProto:
-    """The exporter's linear site: symmetric int8 activation Q/DQ, per-channel int8 weight DQ."""
+def int8_graph(k: int, n: int, w: np.ndarray, weight_bits: int, uint8_activations: bool = False) -> onnx.ModelProto:
+    """The exporter's linear site: symmetric int8 activation Q/DQ, per-channel int8 weight DQ
+    (`uint8_activations`: the same codes shifted by 128, zero point 128)."""
     qmax = 2 ** (weight_bits - 1) - 1
     w_scale = (np.abs(w).max(axis=0) / qmax).astype(np.float32)
     codes = np.clip(np.round(w / w_scale), -qmax, qmax).astype(np.int8)
@@ -60,7 +64,8 @@ def int8_graph(k: int, n: int, w: np.ndarray, weight_bits: int) -> onnx.ModelPro
              helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w_dq"], axis=1),
              helper.make_node("MatMul", ["x_dq", "w_dq"], ["y"])]
     inits = [numpy_helper.from_array(np.array(4.0 / 127, np.float32), "x_s"),
-             numpy_helper.from_array(np.array(0, np.int8), "x_zp"), numpy_helper.from_array(codes, "w_q"),
+             numpy_helper.from_array(np.array(128, np.uint8) if uint8_activations else np.array(0, np.int8), "x_zp"),
+             numpy_helper.from_array(codes, "w_q"),
              numpy_helper.from_array(w_scale, "w_s"), numpy_helper.from_array(np.zeros(n, np.int8), "w_zp")]
     graph = helper.make_graph(nodes, "int8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])], inits)
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            totals = {"fp32": 0.0, "int8": 0.0}
+            totals = {"fp32": 0.0, "int8": 0.0, "u8": 0.0}
             for layer, m, k, n in linear_shapes(name, args.batch):
                 w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
                 x = rng.standard_normal((m, k)).astype(np.float32)
@@ -108,17 +113,22 @@ def main(argv: list[str] | None = None) -> None:
                 int8_sess = session(int8_graph(k, n, w, weight_bits), args.threads, Path(tmp) / "int8.onnx")
                 kernel = ", ".join(sorted({node.op_type for node in onnx.load(str(Path(tmp) / "int8.onnx")).graph.node}))
                 int8 = median_ms(int8_sess, x, args.repeats)
+                u8 = median_ms(session(int8_graph(k, n, w, weight_bits, uint8_activations=True), args.threads,
+                                       Path(tmp) / "u8.onnx"), x, args.repeats)
                 totals["fp32"] += fp32
                 totals["int8"] += int8
+                totals["u8"] += u8
                 gmacs = m * k * n / 1e9
                 rows.append({"model": name, "layer": layer, "m": m, "k": k, "n": n, "fp32_ms": round(fp32, 3),
                              "int8_ms": round(int8, 3), "speedup": round(fp32 / int8, 2), "int8_kernels": kernel,
+                             "u8_act_ms": round(u8, 3), "u8_act_speedup": round(fp32 / u8, 2),
                              "fp32_gmac_per_s": round(gmacs / fp32 * 1000, 1),
                              "int8_gmac_per_s": round(gmacs / int8 * 1000, 1)})
                 print(rows[-1], flush=True)
             rows.append({"model": name, "layer": "block (sum)", "m": None, "k": None, "n": None,
                          "fp32_ms": round(totals["fp32"], 3), "int8_ms": round(totals["int8"], 3),
                          "speedup": round(totals["fp32"] / totals["int8"], 2), "int8_kernels": "",
+                         "u8_act_ms": round(totals["u8"], 3), "u8_act_speedup": round(totals["fp32"] / totals["u8"], 2),
                          "fp32_gmac_per_s": None, "int8_gmac_per_s": None})
     command = ("python benchmarks/gemm_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     machine = (f"{cpu_name()}, {args.threads} threads, VNNI: {cpu_has_vnni()}, "
@@ -128,12 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["# Integer-GEMM ceiling on this CPU (ONNX Runtime, one linear layer at a time)", "",
              f"Command: `{command}`  ", f"Machine: {machine}  ",
              f"Batch {args.batch} per call (M = batch x tokens), median of {args.repeats} runs.", "",
-             "| model | layer | M x K x N | FP32 ms | INT8 ms | speed-up | FP32 GMAC/s | INT8 GMAC/s | INT8 kernel |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | layer | M x K x N | FP32 ms | INT8 ms | speed-up | FP32 GMAC/s | INT8 GMAC/s | INT8 kernel | "
+             "u8-activation INT8 ms (speed-up) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         shape = f"{r['m']} x {r['k']} x {r['n']}" if r["m"] else "—"
         lines.append(f"| {r['model']} | {r['layer']} | {shape} | {r['fp32_ms']} | {r['int8_ms']} | {r['speedup']}x | "
-                     f"{r['fp32_gmac_per_s'] or '—'} | {r['int8_gmac_per_s'] or '—'} | {r['int8_kernels'] or '—'} |")
+                     f"{r['fp32_gmac_per_s'] or '—'} | {r['int8_gmac_per_s'] or '—'} | {r['int8_kernels'] or '—'} | "
+                     f"{r['u8_act_ms']} ({r['u8_act_speedup']}x) |")
     with atomic_output(args.out.with_suffix(".md")) as tmp_md:
         tmp_md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
