@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .quantizers import fake_quant, gelu_negative_scale, initial_scale, minmax_scale, softmax_mrq_scales
+from .quantizers import fake_quant, gelu_negative_scale, initial_scale, minmax_scale, qrange, softmax_mrq_scales
 from .record import CalibrationRecord, model_fingerprint
 from .search import (
     METHODS,
@@ -315,21 +315,32 @@ class _Searcher:
         return {k: v.detach().float().clone() for k, v in out.items()}
 
 
-def quantize_model(model: nn.Module, record: CalibrationRecord) -> tuple[nn.Module, GroupSelector]:
+def quantize_model(model: nn.Module, record: CalibrationRecord,
+                   reduce_range: bool = False) -> tuple[nn.Module, GroupSelector]:
     """A copy of `model` whose sites fake-quantize exactly as the exported graph computes.
 
+    `reduce_range` mirrors an export for CPUs without VNNI: 8-bit weights and the second
+    operand of activation x activation GEMMs keep their clipping range with 7-bit codes.
     Returns the model and its `GroupSelector`: set the time group before each call.
     """
     record.check_model(model)
     qmodel = copy.deepcopy(model).eval()
     selector = GroupSelector(record.time_groups.num_groups)
+
+    def narrowed(scale: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
+        if reduce_range and bits == 8:
+            return scale * (qrange(8)[1] / qrange(7)[1]), 7
+        return scale, bits
+
     for s in record.sites:
         quantizers = {}
         for op in s.activation_operands:
             region = s.region(op)
             if region == "uniform":
-                quantizers[op] = ActivationQuantizer(region, record.activation_bits, selector,
-                                                     scale=record.tensor(s.name, op, "scale"))
+                scale, bits = record.tensor(s.name, op, "scale"), record.activation_bits
+                if op == "b":  # the GEMM's B side, where the CPU kernel saturates like on weights
+                    scale, bits = narrowed(scale, bits)
+                quantizers[op] = ActivationQuantizer(region, bits, selector, scale=scale)
             elif region == "softmax":
                 quantizers[op] = ActivationQuantizer(region, record.activation_bits, selector,
                                                      boundary=record.tensor(s.name, op, "boundary"))
@@ -338,8 +349,8 @@ def quantize_model(model: nn.Module, record: CalibrationRecord) -> tuple[nn.Modu
                                                      scale=record.tensor(s.name, op, "scale_high"))
         module = qmodel.get_submodule(s.name)
         if s.kind == "linear":
-            new = QuantLinear(module, quantizers["input"], record.tensor(s.name, "weight", "scale"),
-                              record.weight_bits)
+            new = QuantLinear(module, quantizers["input"],
+                              *narrowed(record.tensor(s.name, "weight", "scale"), record.weight_bits))
         else:
             new = QuantMatMul(quantizers["a"], quantizers["b"])
         replace_module(qmodel, s.name, new)

@@ -3,7 +3,8 @@
 For every time group, real calibration inputs of that group (FP trajectory points, CFG
 batch) go through the torch fake-quant model and the ONNX Runtime session of the export;
 Polygraphy compares the outputs and this module adds the relative L2 error per group.
-FP8 exports are compared with their own torch modules (float8e4m3fn Q/DQ), since the
+Exports with 7-bit weight codes (ONNX Runtime on CPUs without VNNI) are compared with the
+fake-quant model at those widths, `FakeQuantBackend(..., reduce_range=True)`. FP8 exports are compared with their own torch modules (float8e4m3fn Q/DQ), since the
 fake-quant model simulates the integer grid.
 """
 from __future__ import annotations
@@ -84,8 +85,12 @@ def _torch_runner(backend, takes_time_group: bool):
 
 
 def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, samples: int = 8, seed: int = 0,
-                 tolerance: float = 1e-2, clip_denoised: bool = False) -> list[GroupParity]:
-    """Compare ORT over `onnx_dir` with the fake-quant model, group by group, on calibration inputs."""
+                 tolerance: float = 1e-2, clip_denoised: bool = False,
+                 reduce_range: bool | None = None) -> list[GroupParity]:
+    """Compare ORT over `onnx_dir` with the fake-quant model, group by group, on calibration inputs.
+
+    `reduce_range=None` gives the fake-quant model the export's weight widths (its manifest);
+    False compares a 7-bit export with the 8-bit model as calibrated."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.comparator import Comparator
     from polygraphy.comparator.compare import SimpleCompareFunc
@@ -95,7 +100,10 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
 
     ort_backend = OrtBackend(onnx_dir)
     fp8 = ort_backend.manifest.get("precision") == "fp8"
-    reference = Fp8Reference(model, record) if fp8 else FakeQuantBackend(model, record)
+    # An export with 7-bit weight codes (CPUs without VNNI) is compared with the same widths.
+    if reduce_range is None:
+        reduce_range = bool(ort_backend.manifest["bits"].get("reduce_range"))
+    reference = Fp8Reference(model, record) if fp8 else FakeQuantBackend(model, record, reduce_range=reduce_range)
     data = collect_calibration_data(model, record.time_groups, samples, seed=seed + 7, clip_denoised=clip_denoised,
                                     progress=False)
     results = []

@@ -9,6 +9,7 @@ from onnx import numpy_helper
 
 from tqdit_export.diffusion import SamplerConfig, sample
 from tqdit_export.engines.ort_backend import OrtBackend
+from tqdit_export.eval import paired_psnr
 from tqdit_export.onnx import export_dit, qdq_model
 from tqdit_export.quant import FakeQuantBackend
 
@@ -75,13 +76,29 @@ def test_ort_int8_matches_the_torch_reference_per_group(exported, model, t):
     g = record.time_groups.group_of(tt)
     with torch.no_grad():
         same_arithmetic = qdq_model(model, record, g, weight_reduce_range=True)(x, tt, y)
+        fake_quant_same_widths = FakeQuantBackend(model, record, reduce_range=True)(x, tt, y)
         fake_quant = FakeQuantBackend(model, record)(x, tt, y)
     got = backend(x, tt, y)
+    # The fake-quant model at the export's widths is the export module's arithmetic
+    assert _rel(fake_quant_same_widths, same_arithmetic) < 1e-5
     # Against the torch module of the same arithmetic, only rounding-tie and kernel
     # differences remain; against the record's 8-bit fake quantization the reduced range
     # adds its own error (this random model's outputs are small, which magnifies it).
-    assert _rel(got, same_arithmetic) < 5e-3
+    assert _rel(got, same_arithmetic) < 5e-3 and _rel(got, fake_quant_same_widths) < 5e-3
     assert _rel(got, fake_quant) < 3e-2
+
+
+@pytest.mark.parametrize("layout", ["per-group", "single"])
+def test_ort_sampled_images_match_the_fake_quant_images(exported, exported_single, model, layout):
+    record, out, _ = exported if layout == "per-group" else exported_single
+    labels, config = torch.tensor([0, 3, 5, 9]), SamplerConfig("ddpm", 20, 1.5, clip_denoised=True)
+    images = {name: sample(backend, labels, (1, 8, 8), config, 10, seed=5, progress=False).numpy()
+              for name, backend in (("ort", OrtBackend(out, threads=1)),
+                                    ("fake_quant", FakeQuantBackend(model, record, reduce_range=True)),
+                                    ("fp", lambda x, t, y: model(x, t, y)))}
+    psnr_ort = paired_psnr(images["ort"], images["fake_quant"])
+    # ORT draws the fake-quant model's images from the same noise, far closer than to FP's
+    assert psnr_ort > 60 and psnr_ort > paired_psnr(images["fake_quant"], images["fp"]) + 10
 
 
 def test_fp32_graph_matches_torch(exported, model):

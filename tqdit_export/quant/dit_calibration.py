@@ -131,8 +131,9 @@ class FakeQuantBackend:
 
     name = "torch-fakequant"
 
-    def __init__(self, model: nn.Module, record: CalibrationRecord, device: str = "cpu") -> None:
-        qmodel, self.selector = quantize_model(model, record)
+    def __init__(self, model: nn.Module, record: CalibrationRecord, device: str = "cpu",
+                 reduce_range: bool = False) -> None:
+        qmodel, self.selector = quantize_model(model, record, reduce_range)
         self.model = qmodel.to(device).eval()
         self.groups = record.time_groups
         self.device = device

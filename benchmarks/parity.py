@@ -1,0 +1,105 @@
+"""ONNX Runtime exports vs the torch fake-quant model on the bundled model: per denoiser call and per sampled image.
+
+    python benchmarks/parity.py                        # W8A8 and W6A6, per-group and single layouts
+    python benchmarks/parity.py --bits W8A8 --num 50
+
+For every bit width: the TQ-DiT record of `benchmarks/quality.py` (same cache folder, so
+the same record), exported in both layouts as this CPU needs it (7-bit weight codes
+without VNNI). Per denoiser call: `tqdit check`'s relative L2 error against the fake-quant
+model on real calibration inputs of every time group (the acceptance bound is 1e-2). Per
+image: `--num` digits (DDPM, cfg 1.5) drawn from the same noise by the fake-quant model and
+by each ORT export, paired PSNR ORT vs fake-quant. On CPUs without VNNI the export has
+7-bit weight codes (and 7-bit B operands of Q.K^T and A.V), so both are reported against
+two references: the fake-quant model with those widths (what the graph must compute) and
+the 8-bit fake-quant model as calibrated (what the 7-bit codes cost on top).
+Writes benchmarks/results/parity.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from calibration.record import CalibrationRecord
+from quality import calibrate, draw
+from tqdit_export.check import check_export
+from tqdit_export.engines.ort_backend import OrtBackend
+from tqdit_export.eval import paired_psnr
+from tqdit_export.hardware import cpu_has_vnni, cpu_name
+from tqdit_export.io import atomic_output, write_json
+from tqdit_export.models import resolve_model
+from tqdit_export.onnx import export_dit
+from tqdit_export.onnx.manifest import read_manifest
+from tqdit_export.quant import FakeQuantBackend
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bits", nargs="+", default=["W8A8", "W6A6"])
+    p.add_argument("--num", type=int, default=100, help="sampled digits per backend (default 100)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check-samples", type=int, default=8, help="trajectory points per group for the per-call check")
+    p.add_argument("--workdir", type=Path, default=Path("runs/quality"))
+    p.add_argument("--out", type=Path, default=RESULTS / "parity")
+    args = p.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    model = resolve_model("dit-digits").model
+    threads = torch.get_num_threads()
+    reduce_range = not cpu_has_vnni()  # what `tqdit export` picks on this CPU
+    rows = []
+    for bits in args.bits:
+        record_dir, _ = calibrate("dit-digits", "tqdit", bits, args.workdir)
+        record = CalibrationRecord.load(record_dir, model)
+        references = {}
+        for widths, reduce in (("export", reduce_range), ("calibrated", False)):
+            if widths == "calibrated" and not reduce_range:
+                references[widths] = references["export"]  # the same model
+                continue
+            references[widths], _ = draw(FakeQuantBackend(model, record, reduce_range=reduce), args.num, args.steps,
+                                         args.seed, 10, model.null_class)
+        for layout in ("per-group", "single"):
+            onnx_dir = args.workdir / f"parity_{bits}_{layout}"
+            if not (onnx_dir / "manifest.json").exists():
+                export_dit(model, record, onnx_dir, layout=layout, weight_reduce_range=reduce_range)
+            manifest = read_manifest(onnx_dir)
+            row = {"bits": bits, "layout": layout, "weights_in_graph": manifest["bits"]["weights_in_graph"]}
+            for widths, reduce in (("export", reduce_range), ("calibrated", False)):
+                per_call = check_export(model, record, onnx_dir, samples=args.check_samples, seed=args.seed,
+                                        clip_denoised=True, reduce_range=reduce)
+                row[f"max_rel_l2_vs_{widths}"] = max(g.rel_l2 for g in per_call)
+                row[f"rel_l2_per_group_vs_{widths}"] = [round(g.rel_l2, 6) for g in per_call]
+            images, _ = draw(OrtBackend(onnx_dir, threads=threads), args.num, args.steps, args.seed, 10,
+                             model.null_class)
+            for widths, reference in references.items():
+                row[f"psnr_vs_{widths}"] = paired_psnr(images, reference)
+            rows.append(row)
+            print(rows[-1], flush=True)
+    command = ("python benchmarks/parity.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    machine = f"{cpu_name()}, {threads} threads, VNNI: {cpu_has_vnni()}"
+    write_json(args.out.with_suffix(".json"), {"command": command, "machine": machine, "num": args.num,
+                                               "steps": args.steps, "seed": args.seed, "rows": rows})
+    lines = ["# ONNX Runtime exports vs the torch fake-quant model (`dit-digits`, TQ-DiT records)", "",
+             f"Command: `{command}`  ", f"Machine: {machine}  ",
+             f"Per call: largest relative L2 error over the time groups ({args.check_samples} calibration points "
+             f"per group, x2 with CFG). Per image: {args.num} digits, DDPM {args.steps} steps, cfg 1.5, seed "
+             f"{args.seed}, paired PSNR of the ORT samples vs the fake-quant samples from the same noise. "
+             "Two references: the fake-quant model with the export's weight widths (7-bit codes on CPUs without "
+             "VNNI) and the 8-bit one as calibrated.", "",
+             "| bits | layout | weight codes in graph | max rel. L2 per call vs same widths | PSNR vs same widths (dB) "
+             "| max rel. L2 per call vs 8-bit as calibrated | PSNR vs 8-bit as calibrated (dB) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['bits']} | {r['layout']} | {r['weights_in_graph']}-bit | {r['max_rel_l2_vs_export']:.2e} | "
+              f"{r['psnr_vs_export']:.2f} | {r['max_rel_l2_vs_calibrated']:.2e} | {r['psnr_vs_calibrated']:.2f} |"
+              for r in rows]
+    with atomic_output(args.out.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
