@@ -85,9 +85,9 @@ def test_export_then_sample_with_onnx_runtime(tiny_checkpoint, tmp_path, capsys)
     assert capsys.readouterr().out.count(": ok") == 3
     report = tmp_path / "parity.json"
     assert main(["check", "--model", str(tiny_checkpoint), "--record", str(rec), "--onnx", str(onnx_dir),
-                 "--samples", "2", "--tolerance", "0.05", "--json", str(report)]) == 0
+                 "--samples", "2", "--tolerance", "0.01", "--json", str(report)]) == 0
     parity = json.loads(report.read_text())
-    assert parity["pass"] and len(parity["groups"]) == 2 and all(g["rel_l2"] < 0.05 for g in parity["groups"])
+    assert parity["pass"] and len(parity["groups"]) == 2 and all(g["rel_l2"] < 0.01 for g in parity["groups"])
     # An impossible tolerance fails with exit code 1.
     assert main(["check", "--model", str(tiny_checkpoint), "--record", str(rec), "--onnx", str(onnx_dir),
                  "--samples", "2", "--tolerance", "1e-9"]) == 1
