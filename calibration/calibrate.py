@@ -315,12 +315,13 @@ class _Searcher:
         return {k: v.detach().float().clone() for k, v in out.items()}
 
 
-def quantize_model(model: nn.Module, record: CalibrationRecord,
-                   reduce_range: bool = False) -> tuple[nn.Module, GroupSelector]:
+def quantize_model(model: nn.Module, record: CalibrationRecord, reduce_range: bool = False,
+                   exact_sums: bool = False) -> tuple[nn.Module, GroupSelector]:
     """A copy of `model` whose sites fake-quantize exactly as the exported graph computes.
 
     `reduce_range` mirrors an export for CPUs without VNNI: 8-bit weights and the second
     operand of activation x activation GEMMs keep their clipping range with 7-bit codes.
+    `exact_sums` sums the GEMMs in float64, as integer kernels sum exactly (parity checks).
     Returns the model and its `GroupSelector`: set the time group before each call.
     """
     record.check_model(model)
@@ -353,5 +354,6 @@ def quantize_model(model: nn.Module, record: CalibrationRecord,
                               *narrowed(record.tensor(s.name, "weight", "scale"), record.weight_bits))
         else:
             new = QuantMatMul(quantizers["a"], quantizers["b"])
+        new.exact_sums = exact_sums
         replace_module(qmodel, s.name, new)
     return qmodel, selector

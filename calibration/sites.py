@@ -102,8 +102,20 @@ class ActivationQuantizer(nn.Module):
         return fake_quant(x, self.scale[g], self.bits)
 
 
+# Integer GEMMs sum their products exactly (int32) and scale afterwards; float32 sums of the
+# dequantized values round at every step, and those few-ulp differences flip a handful of
+# codes downstream. With `exact_sums` the fake-quant GEMMs sum in float64, which follows the
+# integer kernels to well below a float32 ulp: the reference for parity checks (slower).
+
+
+def _gemm(a: torch.Tensor, b: torch.Tensor, exact: bool) -> torch.Tensor:
+    return (a.double() @ b.double()).to(a.dtype) if exact else a @ b
+
+
 class QuantLinear(nn.Module):
     """nn.Linear with fake-quantized input (per tensor, per group) and weight (per output channel)."""
+
+    exact_sums = False
 
     def __init__(self, linear: nn.Linear, act: ActivationQuantizer | None, weight_scale: torch.Tensor | None,
                  weight_bits: int) -> None:
@@ -118,11 +130,16 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
             x = self.act(x)
+        if self.exact_sums:
+            out = _gemm(x, self.weight.T, True)
+            return out if self.bias is None else out + self.bias
         return F.linear(x, self.weight, self.bias)
 
 
 class QuantMatMul(nn.Module):
     """MatMul with both activation operands fake-quantized per time group."""
+
+    exact_sums = False
 
     def __init__(self, a: ActivationQuantizer | None, b: ActivationQuantizer | None) -> None:
         super().__init__()
@@ -133,7 +150,7 @@ class QuantMatMul(nn.Module):
             a = self.qa(a)
         if self.qb is not None:
             b = self.qb(b)
-        return a @ b
+        return _gemm(a, b, self.exact_sums)
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

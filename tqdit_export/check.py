@@ -4,7 +4,8 @@ For every time group, real calibration inputs of that group (FP trajectory point
 batch) go through the torch fake-quant model and the ONNX Runtime session of the export;
 Polygraphy compares the outputs and this module adds the relative L2 error per group.
 Exports with 7-bit weight codes (ONNX Runtime on CPUs without VNNI) are compared with the
-fake-quant model at those widths, `FakeQuantBackend(..., reduce_range=True)`. FP8 exports are compared with their own torch modules (float8e4m3fn Q/DQ), since the
+fake-quant model at those widths, `FakeQuantBackend(..., reduce_range=True)`; the reference
+sums its GEMMs in float64 (`exact_sums`), as the integer kernels sum exactly. FP8 exports are compared with their own torch modules (float8e4m3fn Q/DQ), since the
 fake-quant model simulates the integer grid.
 """
 from __future__ import annotations
@@ -103,7 +104,8 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
     # An export with 7-bit weight codes (CPUs without VNNI) is compared with the same widths.
     if reduce_range is None:
         reduce_range = bool(ort_backend.manifest["bits"].get("reduce_range"))
-    reference = Fp8Reference(model, record) if fp8 else FakeQuantBackend(model, record, reduce_range=reduce_range)
+    reference = Fp8Reference(model, record) if fp8 else FakeQuantBackend(model, record, reduce_range=reduce_range,
+                                                                         exact_sums=True)
     data = collect_calibration_data(model, record.time_groups, samples, seed=seed + 7, clip_denoised=clip_denoised,
                                     progress=False)
     results = []

@@ -77,6 +77,7 @@ def test_ort_int8_matches_the_torch_reference_per_group(exported, model, t):
     with torch.no_grad():
         same_arithmetic = qdq_model(model, record, g, weight_reduce_range=True)(x, tt, y)
         fake_quant_same_widths = FakeQuantBackend(model, record, reduce_range=True)(x, tt, y)
+        exact_sums = FakeQuantBackend(model, record, reduce_range=True, exact_sums=True)(x, tt, y)
         fake_quant = FakeQuantBackend(model, record)(x, tt, y)
     got = backend(x, tt, y)
     # The fake-quant model at the export's widths is the export module's arithmetic
@@ -85,6 +86,8 @@ def test_ort_int8_matches_the_torch_reference_per_group(exported, model, t):
     # differences remain; against the record's 8-bit fake quantization the reduced range
     # adds its own error (this random model's outputs are small, which magnifies it).
     assert _rel(got, same_arithmetic) < 5e-3 and _rel(got, fake_quant_same_widths) < 5e-3
+    # float64 sums (the parity reference) are the same model, closer to the integer kernels' exact sums
+    assert _rel(exact_sums, fake_quant_same_widths) < 5e-3 and _rel(got, exact_sums) < 5e-3
     assert _rel(got, fake_quant) < 3e-2
 
 
