@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .quantizers import fake_quant, gelu_negative_scale, initial_scale, minmax_scale, qrange, softmax_mrq_scales
+from .quantizers import fake_quant, gelu_negative_scale, initial_scale, minmax_scale, narrow_codes, softmax_mrq_scales
 from .record import CalibrationRecord, model_fingerprint
 from .search import (
     METHODS,
@@ -329,9 +329,7 @@ def quantize_model(model: nn.Module, record: CalibrationRecord, reduce_range: bo
     selector = GroupSelector(record.time_groups.num_groups)
 
     def narrowed(scale: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
-        if reduce_range and bits == 8:
-            return scale * (qrange(8)[1] / qrange(7)[1]), 7
-        return scale, bits
+        return narrow_codes(scale, bits) if reduce_range else (scale, bits)
 
     for s in record.sites:
         quantizers = {}

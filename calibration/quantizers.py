@@ -26,6 +26,16 @@ def qrange(bits: int) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
+def narrow_codes(scale, bits: int):
+    """(scale, bits) with 8-bit codes narrowed to 7 over the same clipping range (step x 127/63);
+    other widths unchanged. For ONNX Runtime's u8 x s8 CPU kernel without VNNI, which adds pairs
+    of products in saturating int16 that full-range int8 B operands overflow. `scale`: a float
+    or a tensor."""
+    if bits != 8:
+        return scale, bits
+    return scale * (qrange(8)[1] / qrange(7)[1]), 7
+
+
 def initial_scale(x_absmax: torch.Tensor | float, bits: int) -> torch.Tensor:
     """s0 = max|x| / (2^(b-1) - 0.5): the TQ-DiT/PTQ4ViT starting point of the scale search."""
     s0 = torch.as_tensor(x_absmax, dtype=torch.float32) / (2 ** (bits - 1) - 0.5)

@@ -5,8 +5,9 @@ batch) go through the torch fake-quant model and the ONNX Runtime session of the
 Polygraphy compares the outputs and this module adds the relative L2 error per group.
 Exports with 7-bit weight codes (ONNX Runtime on CPUs without VNNI) are compared with the
 fake-quant model at those widths, `FakeQuantBackend(..., reduce_range=True)`; the reference
-sums its GEMMs in float64 (`exact_sums`), as the integer kernels sum exactly. FP8 exports are compared with their own torch modules (float8e4m3fn Q/DQ), since the
-fake-quant model simulates the integer grid.
+sums its GEMMs in float64 (`exact_sums`), as the integer kernels sum exactly. FP8 exports
+are compared with their own torch modules (float8e4m3fn Q/DQ), since the fake-quant model
+simulates the integer grid.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from calibration.quantizers import qrange
+from calibration.quantizers import narrow_codes
 from calibration.record import CalibrationRecord
 
 from ..hardware import cpu_has_vnni
@@ -68,9 +68,9 @@ def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
     for site in record.sites:
         module = qmodel.get_submodule(site.name)
         if site.kind == "linear":
-            w_bits, w_scale = record.weight_bits, record.tensor(site.name, "weight", "scale")
-            if weight_reduce_range and w_bits == 8:
-                w_bits, w_scale = 7, w_scale * (qrange(8)[1] / qrange(7)[1])
+            w_scale, w_bits = record.tensor(site.name, "weight", "scale"), record.weight_bits
+            if weight_reduce_range:
+                w_scale, w_bits = narrow_codes(w_scale, w_bits)
             new = QDQLinear(module, activation_qdq(record, site, "input", group, precision=precision), w_scale, w_bits,
                             precision)
         else:

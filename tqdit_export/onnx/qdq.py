@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from calibration.quantizers import fake_quant, gelu_negative_scale, qrange
+from calibration.quantizers import fake_quant, gelu_negative_scale, narrow_codes, qrange
 from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 PRECISIONS = ("int8", "fp8")
@@ -223,8 +223,9 @@ def activation_qdq(record, site, operand: str, group: int | GroupInput, reduce_r
     codes = "fp8" if precision == "fp8" else bits
     if region == "uniform":
         scale = table("scale")
-        if reduce_range and bits == 8 and precision == "int8":
-            codes, scale = 7, [s * qrange(8)[1] / qrange(7)[1] for s in scale]
+        if reduce_range and precision == "int8":
+            factor, codes = narrow_codes(1.0, bits)
+            scale = [s * factor for s in scale]
         return ActivationQDQ(region, codes, group, scale=scale)
     low = table("scale_low")
     if region == "gelu":
