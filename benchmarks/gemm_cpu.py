@@ -72,11 +72,13 @@ def int8_graph(k: int, n: int, w: np.ndarray, weight_bits: int, uint8_activation
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def session(model: onnx.ModelProto, threads: int, optimized: Path) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, threads: int, optimized: Path | None = None) -> ort.InferenceSession:
+    """A session with the project's optimizer settings; `optimized`: where to write the optimised graph."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    opts.optimized_model_filepath = str(optimized)
+    if optimized is not None:
+        opts.optimized_model_filepath = str(optimized)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=DISABLED_OPTIMIZERS)
 
@@ -109,12 +111,12 @@ def main(argv: list[str] | None = None) -> None:
             for layer, m, k, n in linear_shapes(name, args.batch):
                 w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
                 x = rng.standard_normal((m, k)).astype(np.float32)
-                fp32 = median_ms(session(fp32_graph(k, n, w), args.threads, Path(tmp) / "fp32.onnx"), x, args.repeats)
+                fp32 = median_ms(session(fp32_graph(k, n, w), args.threads), x, args.repeats)
                 int8_sess = session(int8_graph(k, n, w, weight_bits), args.threads, Path(tmp) / "int8.onnx")
                 kernel = ", ".join(sorted({node.op_type for node in onnx.load(str(Path(tmp) / "int8.onnx")).graph.node}))
                 int8 = median_ms(int8_sess, x, args.repeats)
-                u8 = median_ms(session(int8_graph(k, n, w, weight_bits, uint8_activations=True), args.threads,
-                                       Path(tmp) / "u8.onnx"), x, args.repeats)
+                u8 = median_ms(session(int8_graph(k, n, w, weight_bits, uint8_activations=True), args.threads), x,
+                               args.repeats)
                 totals["fp32"] += fp32
                 totals["int8"] += int8
                 totals["u8"] += u8

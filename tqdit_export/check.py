@@ -87,12 +87,14 @@ def _torch_runner(backend, takes_time_group: bool):
 
 
 def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, samples: int = 8, seed: int = 0,
-                 tolerance: float = 1e-2, clip_denoised: bool = False,
-                 reduce_range: bool | None = None) -> list[GroupParity]:
+                 tolerance: float = 1e-2, clip_denoised: bool = False, reduce_range: bool | None = None,
+                 data: list | None = None) -> list[GroupParity]:
     """Compare ORT over `onnx_dir` with the fake-quant model, group by group, on calibration inputs.
 
     `reduce_range=None` gives the fake-quant model the export's weight widths (its manifest);
-    False compares a 7-bit export with the 8-bit model as calibrated."""
+    False compares a 7-bit export with the 8-bit model as calibrated. `data`: the calibration
+    inputs per group (`collect_calibration_data`), when several checks share them; by default
+    `samples` points per group drawn from `seed`."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.comparator import Comparator
     from polygraphy.comparator.compare import SimpleCompareFunc
@@ -107,8 +109,9 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
         reduce_range = bool(ort_backend.manifest["bits"].get("reduce_range"))
     reference = Fp8Reference(model, record) if fp8 else FakeQuantBackend(model, record, reduce_range=reduce_range,
                                                                          exact_sums=True)
-    data = collect_calibration_data(model, record.time_groups, samples, seed=seed + 7, clip_denoised=clip_denoised,
-                                    progress=False)
+    if data is None:
+        data = collect_calibration_data(model, record.time_groups, samples, seed=seed + 7,
+                                        clip_denoised=clip_denoised, progress=False)
     results = []
     for g, batch in enumerate(data):
         x, t, y = batch.inputs
