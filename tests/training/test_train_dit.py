@@ -28,3 +28,13 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
         torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=1e-6, atol=1e-7)
     _, info = read_dit_metadata(tmp_path / "b.safetensors")
     assert info["steps"] == 4 and info["hardware"]
+
+
+def test_max_minutes_counts_from_the_start_of_the_run_not_from_the_last_save(tmp_path, monkeypatch):
+    # A clock that advances 1 s per reading; a save every step must not restart the --max-minutes budget.
+    clock = iter(range(1_000_000))
+    monkeypatch.setattr("tqdit_export.training.train_dit.time.time", lambda: float(next(clock)))
+    main(["--config", "DiT-tiny", "--batch", "2", "--steps", "50", "--save-every", "1", "--max-minutes", "0.1",
+          "--state", str(tmp_path / "s.pt"), "--out", str(tmp_path / "s.safetensors")])
+    step = torch.load(tmp_path / "s.pt", weights_only=False)["step"]
+    assert 1 <= step < 10  # 6 s of fake clock: a few steps, never the whole run

@@ -9,7 +9,9 @@ Layouts:
   (one engine per group; the weights are stored G times);
 - `single`: one graph with an extra int64 scalar input `time_group`; per-group scales
   become constant-scale Q/DQ around runtime rescale factors gathered from a table
-  (x * r_g -> Q/DQ(s0) -> GEMM -> * 1/r_g, exact), so the weights are stored once;
+  (x / s_g -> Q/DQ(1) -> GEMM -> * s_g: the x * r_g -> Q/DQ(s0) -> GEMM -> * 1/r_g of the
+  design with s0 = 1, whose codes are bit-identical to Q/DQ(s_g)), so the weights are
+  stored once;
 - `plugin`: one graph with the same `time_group` input whose activation quantizers are the
   TensorRT plugin `tqdit::TimeGroupQuantize` (trt_plugins/): the plugin reads the group on
   the device and emits int8 codes -> DQ(1) -> GEMM -> * s_g. TensorRT needs the plugin

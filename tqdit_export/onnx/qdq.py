@@ -153,11 +153,15 @@ class ActivationQDQ(nn.Module):
 
     With a fixed `group` (per-group layout) every scale is a graph constant. With a
     `GroupInput` (single layout) each part is rescaled at run time,
-        x * r_g -> Q/DQ(s0) -> GEMM -> * 1/r_g,   r_g = s0 / s_g,
-    which equals Q/DQ with scale s_g while the Q/DQ scale stays the constant s0 that TensorRT needs.
-    With a `PluginGroupInput` (plugin layout) each part is
-        TimeGroupQuantize(x, g) -> int8 codes -> DQ(1) -> GEMM -> * s_g,
-    the plugin picking s_g on the device (exact as well).
+        x * r_g -> Q/DQ(s0) -> GEMM -> * 1/r_g,   with s0 = 1 and r_g = 1/s_g,
+    which equals Q/DQ with scale s_g while the Q/DQ scale stays the constant that TensorRT
+    needs. The rescale is written as a division by s_g (gathered from the group's table):
+    QuantizeLinear divides by its scale, so Div(x, s_g) then Q(1) rounds the very float
+    x / s_g that Q(s_g) rounds, and the codes are bit-identical to the per-group graph's.
+    (A multiply by s0/s_g followed by Q(s0) rounds twice; at 6 bits the code flips that
+    caused reached 1e-2 relative error per call in one time group.)
+    With a `PluginGroupInput` (plugin layout) the plugin does the division on the device,
+        TimeGroupQuantize(x, g) -> int8 codes -> DQ(1) -> GEMM -> * s_g.
     `forward` returns the quantized parts whose GEMMs are summed, each with the factor its
     GEMM output is multiplied by (None for 1).
     """
@@ -175,8 +179,6 @@ class ActivationQDQ(nn.Module):
             if table is not None and isinstance(group, GroupInput):
                 t = torch.tensor(table, dtype=torch.float32)
                 self.register_buffer(f"{name}_table", t)
-                self.register_buffer(f"{name}_rescale", t.max() / t)  # r_g = s0 / s_g
-                self.register_buffer(f"{name}_restore", t / t.max())  # 1 / r_g
 
     def _value(self, name: str):
         if isinstance(self.group, GroupInput):
@@ -190,11 +192,10 @@ class ActivationQDQ(nn.Module):
         if len(set(table)) == 1:  # the same scale in every group: a plain constant Q/DQ
             return qdq(x, table[0], self.bits), None
         index = self.group.index
+        scale = getattr(self, f"{name}_table")[index]
         if self.group.plugin:
-            return _DequantCodes.apply(_TimeGroupQuantize.apply(x, index, tuple(table), self.bits)), \
-                getattr(self, f"{name}_table")[index]
-        return qdq(x * getattr(self, f"{name}_rescale")[index], max(table), self.bits), \
-            getattr(self, f"{name}_restore")[index]
+            return _DequantCodes.apply(_TimeGroupQuantize.apply(x, index, tuple(table), self.bits)), scale
+        return qdq(x / scale, 1.0, self.bits), scale
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         if self.region == "uniform":

@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         labels = torch.from_numpy(split.train_labels).to(device)
         diffusion = GaussianDiffusion(linear_betas(NUM_TRAIN_TIMESTEPS))
         model.train()
+        # `start` moves to each save (the wall time is accumulated there); `run_start` bounds --max-minutes
         start, last_log, losses = time.time(), time.time(), []
+        run_start = start
         while step < args.steps:
             gen = torch.Generator(device="cpu").manual_seed(args.seed * 1_000_003 + step)
             torch.manual_seed(args.seed * 1_000_003 + step)  # label dropout inside the model
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"step {step}/{args.steps} loss {sum(losses) / len(losses):.4f} "
                       f"{100 / (now - last_log):.2f} steps/s", flush=True)
                 losses, last_log = [], now
-            out_of_time = args.max_minutes is not None and (now - start) / 60 >= args.max_minutes
+            out_of_time = args.max_minutes is not None and (now - run_start) / 60 >= args.max_minutes
             if step % args.save_every == 0 or step == args.steps or out_of_time:
                 wall += now - start
                 start = now
