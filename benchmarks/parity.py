@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from calibration.record import CalibrationRecord
-from quality import calibrate, draw
+from quality import calibrate, claim_workdir, draw
 from tqdit_export.check import check_export
 from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.eval import paired_psnr
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", type=Path, default=Path("runs/quality"))
     p.add_argument("--out", type=Path, default=RESULTS / "parity")
     args = p.parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
     model = resolve_model("dit-digits").model
+    claim_workdir(args.workdir, model, "dit-digits")  # the quality benchmark's cache folder
     threads = torch.get_num_threads()
     reduce_range = not cpu_has_vnni()  # what `tqdit export` picks on this CPU
     rows = []

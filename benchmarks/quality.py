@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.record import CalibrationRecord
+from calibration.record import CalibrationRecord, model_fingerprint
 from tqdit_export.cli import balanced_labels
 from tqdit_export.diffusion import SamplerConfig, sample
 from tqdit_export.engines import TorchBackend
@@ -53,6 +53,24 @@ ROWS = {
     "tqdit-ort": [],  # the tqdit record, exported per group and sampled by ONNX Runtime's INT8 kernels
     "tqdit-fp8-ort": [],  # the tqdit record's ranges as FP8 (E4M3) Q/DQ, sampled by ONNX Runtime
 }
+
+
+def claim_workdir(workdir: Path, model: torch.nn.Module, name: str) -> str:
+    """Tie `workdir`'s caches (FP samples, records, exports) to the weights of `model`.
+
+    The cache files are named by row, bits, steps and seed, not by weights: after the
+    bundled model is retrained, a stale FP sample set would be reused silently. The first
+    run writes the weights' sha256 into the folder; a run with other weights stops here.
+    """
+    fingerprint = model_fingerprint(model)
+    stamp = workdir / "weights_sha256.txt"
+    if stamp.exists() and stamp.read_text().strip() != fingerprint:
+        raise SystemExit(f"{workdir} caches samples and records of other {name} weights "
+                         f"({stamp.read_text().strip()[:12]}…, now {fingerprint[:12]}…): "
+                         "pass another --workdir, or move that folder away")
+    workdir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint + "\n")
+    return fingerprint
 
 
 def calibrate(model: str, row: str, bits: str, workdir: Path) -> tuple[Path, dict]:
@@ -91,6 +109,7 @@ def write_tables(results: dict, out: Path) -> None:
     lines = [f"# TQ-DiT quality on `{results['model']}`", "",
              "Commands (cells accumulate over runs): " + "; ".join(f"`{c}`" for c in results["commands"]) + "  ",
              f"Machine: {results['machine']}  ",
+             f"Weights: `{results['model']}` sha256 {results['weights_sha256'][:12]}…  ",
              f"DDPM, cfg 1.5, {results['num']} samples per cell ({results['num'] // 10} per class), same noise for every row. "
              "FD: Fréchet distance to the held-out digits (bundled classifier features; lower is better); "
              "PSNR: paired with the FP samples of the same noise. Mean ± std over seeds where there are several.",
@@ -177,11 +196,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", type=Path, default=Path("runs/quality"))
     args = p.parse_args(argv)
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
     resolved = resolve_model(args.model)
     model = resolved.model
+    fingerprint = claim_workdir(args.workdir, model, args.model)
     json_path = args.out.with_suffix(".json")
-    results = json.loads(json_path.read_text()) if json_path.exists() else {"cells": []}
+    results = json.loads(json_path.read_text()) if json_path.exists() else {"cells": [], "weights_sha256": fingerprint}
+    if results.get("weights_sha256") != fingerprint:  # resuming would mix cells of two models
+        raise SystemExit(f"{json_path} holds cells of other {args.model} weights "
+                         f"({str(results.get('weights_sha256'))[:12]}…, now {fingerprint[:12]}…): "
+                         "pass another --out, or move those results away")
     command = ("python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     # Cells accumulate over runs: keep every command that contributed some.
     commands = results.get("commands", [results["command"]] if "command" in results else [])
