@@ -11,6 +11,7 @@ from tqdit_export.diffusion import SamplerConfig, sample
 from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.eval import paired_psnr
 from tqdit_export.onnx import export_dit, qdq_model
+from tqdit_export.onnx.qdq import ActivationQDQ, GroupInput
 from tqdit_export.quant import FakeQuantBackend
 
 
@@ -159,8 +160,6 @@ def test_single_layout_codes_are_bit_identical_to_the_per_group_codes(bits):
     # The single layout divides by the group's scale and quantizes with scale 1: the same
     # float x / s_g is rounded as in Q/DQ(s_g), so not one code may differ (a multiply by
     # s0/s_g before Q(s0) rounds twice and flips a few codes in two million).
-    from tqdit_export.onnx.qdq import ActivationQDQ, GroupInput
-
     torch.manual_seed(bits)
     table = [0.0123, 0.0371, 0.00517, 0.0291]
     x = torch.randn(2_000_000) * 0.5

@@ -191,10 +191,9 @@ class ActivationQDQ(nn.Module):
             return qdq(x, table[self.group], self.bits), None
         if len(set(table)) == 1:  # the same scale in every group: a plain constant Q/DQ
             return qdq(x, table[0], self.bits), None
-        index = self.group.index
-        scale = getattr(self, f"{name}_table")[index]
+        scale = self._value(name)
         if self.group.plugin:
-            return _DequantCodes.apply(_TimeGroupQuantize.apply(x, index, tuple(table), self.bits)), scale
+            return _DequantCodes.apply(_TimeGroupQuantize.apply(x, self.group.index, tuple(table), self.bits)), scale
         return qdq(x / scale, 1.0, self.bits), scale
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
