@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
                     metrics = evaluate_digits(images, labels, seed=seed)
                     psnr = None if row == "fp" else paired_psnr(images, fp_samples(steps, seed))
                     cell = {"row": row, "bits": cell_bits, "steps": steps, "seed": seed, "fd": metrics["fd"],
-                            "fd_reference": metrics["fd_reference"], "accuracy": metrics["accuracy"],
+                            "fd_reference": metrics["fd_reference"], "fd_terms": metrics["fd_terms"],
+                            "accuracy": metrics["accuracy"],
                             "psnr_vs_fp": psnr, "sample_seconds": round(time.perf_counter() - start, 1), **cost}
                     results["cells"].append(cell)
                     done.add((row, cell_bits, steps, seed))

@@ -337,6 +337,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result["sampling"] = meta
     print(f"{'num':>6} {'accuracy':>9} {'FD':>8} {'FD reference (real train vs held-out)':>40}")
     print(f"{result['num']:>6} {result['accuracy']:>9.4f} {result['fd']:>8.3f} {result['fd_reference']:>40.3f}")
+    t = result["fd_terms"]  # where the FD comes from: a shifted mean, or a narrower/wider spread
+    print(f"FD terms: mean shift {t['mean']:.3f}, feature variance samples {t['trace_samples']:.2f} "
+          f"vs held-out {t['trace_heldout']:.2f}, cross {t['cross']:.2f}")
     if args.json is not None:
         print(f"wrote {write_json(args.json, result)}")
     return 0

@@ -13,6 +13,7 @@ from tqdit_export.eval import (
     class_accuracy,
     evaluate_digits,
     frechet_distance,
+    frechet_terms,
     load_digits_classifier,
     paired_psnr,
     read_classifier_metadata,
@@ -49,6 +50,22 @@ def test_fd_mean_shift_matches_gaussian_formula(shift):
     b = rng.normal(size=(n, d)) + shift / np.sqrt(d)  # ||mu_a - mu_b||^2 = shift^2
     # identity covariances: FD = ||mu_a - mu_b||^2 (+ sampling noise in the covariance term)
     assert frechet_distance(a, b) == pytest.approx(shift**2, abs=0.02 + 0.02 * shift**2)
+
+
+def test_fd_terms_separate_a_shift_from_a_wider_spread():
+    rng = np.random.default_rng(3)
+    d, n = 8, 20000
+    a = rng.normal(size=(n, d))
+    shifted = frechet_terms(rng.normal(size=(n, d)) + 1.0 / np.sqrt(d), a)
+    wider = frechet_terms(2.0 * rng.normal(size=(n, d)), a)
+    assert shifted["mean"] == pytest.approx(1.0, abs=0.05)
+    assert shifted["trace_a"] == pytest.approx(d, rel=0.05)
+    assert wider["mean"] == pytest.approx(0.0, abs=0.01)
+    assert wider["trace_a"] == pytest.approx(4 * d, rel=0.05) and wider["trace_b"] == pytest.approx(d, rel=0.05)
+    # a set and its double: Tr(4S + S - 2 (4 S^2)^(1/2)) = Tr S exactly
+    assert frechet_distance(2.0 * a, a) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-4)
+    t = frechet_terms(2.0 * a, a)
+    assert t["mean"] + t["trace_a"] + t["trace_b"] - t["cross"] == pytest.approx(frechet_distance(2.0 * a, a))
 
 
 def test_fd_singular_covariance_is_finite():
@@ -106,6 +123,8 @@ def test_evaluate_digits_on_real_train_images(split):
     assert r["accuracy"] >= 0.97
     assert np.isfinite(r["fd"]) and np.isfinite(r["fd_reference"])
     assert r["fd"] < 3.0 * r["fd_reference"] + 1.0  # real digits score like the reference
+    t = r["fd_terms"]
+    assert r["fd"] == pytest.approx(t["mean"] + t["trace_samples"] + t["trace_heldout"] - t["cross"])
 
 
 def test_evaluate_digits_detects_bad_samples(split):

@@ -8,6 +8,7 @@ from .metrics import (
     class_accuracy,
     evaluate_digits,
     frechet_distance,
+    frechet_terms,
     paired_psnr,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "class_accuracy",
     "evaluate_digits",
     "frechet_distance",
+    "frechet_terms",
     "load_digits_classifier",
     "paired_psnr",
     "read_classifier_metadata",

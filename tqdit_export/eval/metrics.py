@@ -28,15 +28,18 @@ PSNR_CAP_DB = 100.0
 # ----------------------------------------------------------------------------- Fréchet distance
 
 
-def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (N_a, D), (N_b, D).
+def frechet_terms(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6) -> dict[str, float]:
+    """The terms of the Fréchet distance between Gaussians fitted to (N_a, D) and (N_b, D).
 
-    FD = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)), in float64, as in
+    FD = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)); returns
+    {"mean": ||mu_a - mu_b||^2, "trace_a": Tr S_a, "trace_b": Tr S_b,
+    "cross": 2 Tr (S_a S_b)^(1/2)}, which tell a shifted set (mean) from a narrower or wider
+    one (trace_a against trace_b). Computed in float64, as in
     pytorch-fid: if the matrix square root is not finite (singular covariances, e.g. with
     fewer samples than dimensions or dead ReLU units) it is recomputed with `eps * I` added
     to both covariances; a small imaginary part from numerical error is dropped (a large
     one is retried with the offset, then raises). Tiny negative results from round-off are
-    clipped to 0.
+    clipped to 0 by `frechet_distance`.
     """
     from scipy import linalg
 
@@ -76,8 +79,18 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
         if max_imag > 1e-3:
             raise ValueError(f"matrix square root has a large imaginary component ({max_imag:.3g})")
         covmean = covmean.real
-    fd = float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(covmean))
-    return max(fd, 0.0)
+    return {"mean": float(diff @ diff), "trace_a": float(np.trace(s_a)), "trace_b": float(np.trace(s_b)),
+            "cross": float(2.0 * np.trace(covmean))}
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N_a, D), (N_b, D).
+
+    The sum of `frechet_terms` (pytorch-fid's arithmetic); tiny negative results from
+    round-off are clipped to 0.
+    """
+    t = frechet_terms(feats_a, feats_b, eps)
+    return max(t["mean"] + t["trace_a"] + t["trace_b"] - t["cross"], 0.0)
 
 
 # ----------------------------------------------------------------------------- feature extractors
@@ -276,6 +289,8 @@ def evaluate_digits(images, labels, num_reference: int | None = None, seed: int 
     images: (N, 1, 8, 8) float in [-1, 1]; labels: (N,) ints 0..9 (the intended classes).
     Returns a dict with
       fd            FD (classifier features) of the samples vs the 360 held-out digits
+      fd_terms      its terms: "mean" (squared distance of the means), "trace_samples" and
+                    "trace_heldout" (total feature variance of each set), "cross"
       fd_reference  FD of `num_reference` (default N, capped at 1437) real *train* digits,
                     drawn at random with `seed`, vs held-out: what a perfect model gets
       accuracy      fraction classified as their intended label
@@ -299,8 +314,11 @@ def evaluate_digits(images, labels, num_reference: int | None = None, seed: int 
         preds = clf.eval()(torch.from_numpy(np.ascontiguousarray(x))).argmax(1).numpy()
     correct = preds == y
     per_class = [float(correct[y == c].mean()) if (y == c).any() else float("nan") for c in range(NUM_CLASSES)]
+    terms = frechet_terms(feats(x), ho)
     return {
-        "fd": frechet_distance(feats(x), ho),
+        "fd": max(terms["mean"] + terms["trace_a"] + terms["trace_b"] - terms["cross"], 0.0),
+        "fd_terms": {"mean": terms["mean"], "trace_samples": terms["trace_a"], "trace_heldout": terms["trace_b"],
+                     "cross": terms["cross"]},
         "fd_reference": frechet_distance(feats(split.train_images[ref_idx]), ho),
         "accuracy": float(correct.mean()),
         "per_class_accuracy": per_class,
