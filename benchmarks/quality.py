@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
                     psnr = None if row == "fp" else paired_psnr(images, fp_samples(steps, seed))
                     cell = {"row": row, "bits": cell_bits, "steps": steps, "seed": seed, "fd": metrics["fd"],
                             "fd_reference": metrics["fd_reference"], "fd_terms": metrics["fd_terms"],
-                            "accuracy": metrics["accuracy"],
+                            "class_terms": metrics["class_terms"], "accuracy": metrics["accuracy"],
                             "psnr_vs_fp": psnr, "sample_seconds": round(time.perf_counter() - start, 1), **cost}
                     results["cells"].append(cell)
                     done.add((row, cell_bits, steps, seed))

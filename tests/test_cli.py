@@ -40,7 +40,10 @@ def test_sample_then_eval(tiny_checkpoint, tmp_path, capsys):
     result = json.loads(report.read_text())
     assert {"fd", "accuracy", "fd_reference", "num"} <= set(result)
     assert result["num"] == 20 and 0.0 <= result["accuracy"] <= 1.0
-    assert "FD" in capsys.readouterr().out
+    assert set(result["class_terms"]) == {"within_samples", "within_heldout", "between_samples", "between_heldout",
+                                          "class_mean_shift"}
+    out = capsys.readouterr().out
+    assert "FD" in out and "FD terms" in out and "class terms" in out
 
 
 def test_bad_model_is_a_clear_error(tmp_path, capsys):

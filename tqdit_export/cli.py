@@ -340,6 +340,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     t = result["fd_terms"]  # where the FD comes from: a shifted mean, or a narrower/wider spread
     print(f"FD terms: mean shift {t['mean']:.3f}, feature variance samples {t['trace_samples']:.2f} "
           f"vs held-out {t['trace_heldout']:.2f}, cross {t['cross']:.2f}")
+    c = result["class_terms"]  # guidance narrows each class and pushes the classes apart
+    if c is not None:
+        print(f"class terms: within-class variance {c['within_samples']:.2f} vs held-out {c['within_heldout']:.2f}, "
+              f"between-class {c['between_samples']:.2f} vs {c['between_heldout']:.2f}, "
+              f"class-mean shift {c['class_mean_shift']:.3f}")
     if args.json is not None:
         print(f"wrote {write_json(args.json, result)}")
     return 0

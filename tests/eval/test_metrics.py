@@ -11,6 +11,8 @@ from tqdit_export.eval import (
     FeatureExtractor,
     OnnxFeatureExtractor,
     class_accuracy,
+    class_mean_shift,
+    class_spread,
     evaluate_digits,
     frechet_distance,
     frechet_terms,
@@ -112,6 +114,45 @@ def test_digits_features_shape(split):
     assert out.shape == (7, 64) and np.isfinite(out).all()
 
 
+def _clusters(rng, centres: np.ndarray, sigma: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    y = np.repeat(np.arange(len(centres)), n)
+    return centres[y] + sigma * rng.normal(size=(len(y), centres.shape[1])), y
+
+
+def test_class_spread_tells_narrower_classes_from_classes_further_apart():
+    rng = np.random.default_rng(4)
+    d, k, n = 6, 5, 4000
+    centres = rng.normal(size=(k, d))
+    base = class_spread(*_clusters(rng, centres, 0.5, n))
+    # within: d * sigma^2 per class; between: mean squared distance of the centres from their mean
+    assert base["within"] == pytest.approx(d * 0.25, rel=0.05)
+    assert base["between"] == pytest.approx(((centres - centres.mean(0)) ** 2).sum(1).mean(), rel=0.02)
+    narrow = class_spread(*_clusters(rng, centres, 0.25, n))  # what guidance does to each class
+    apart = class_spread(*_clusters(rng, 1.5 * centres, 0.5, n))  # ...and to the classes' distances
+    assert narrow["within"] == pytest.approx(base["within"] / 4, rel=0.05)
+    assert narrow["between"] == pytest.approx(base["between"], rel=0.02)
+    assert apart["within"] == pytest.approx(base["within"], rel=0.05)
+    assert apart["between"] == pytest.approx(2.25 * base["between"], rel=0.02)
+
+
+def test_class_mean_shift_compares_shared_classes_only():
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(3, 4))
+    a, ya = _clusters(rng, centres, 0.1, 2000)
+    moved = centres.copy()
+    moved[1] += 0.5  # squared move 4 * 0.25 = 1, in one class of three
+    b, yb = _clusters(rng, moved, 0.1, 2000)
+    assert class_mean_shift(a, ya, b, yb) == pytest.approx(1 / 3, abs=0.01)
+    keep = yb != 1  # without class 1 in b only classes 0 and 2 are compared
+    assert class_mean_shift(a, ya, b[keep], yb[keep]) == pytest.approx(0.0, abs=0.01)
+    with pytest.raises(ValueError, match="share no class"):
+        class_mean_shift(a[ya == 0], ya[ya == 0], b[yb == 2], yb[yb == 2])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        class_spread(a[ya == 0], ya[ya == 0])
+    with pytest.raises(ValueError, match="labels"):
+        class_spread(a, ya[:-1])
+
+
 # ------------------------------------------------------------------ evaluate_digits
 
 
@@ -125,6 +166,11 @@ def test_evaluate_digits_on_real_train_images(split):
     assert r["fd"] < 3.0 * r["fd_reference"] + 1.0  # real digits score like the reference
     t = r["fd_terms"]
     assert r["fd"] == pytest.approx(t["mean"] + t["trace_samples"] + t["trace_heldout"] - t["cross"])
+    c = r["class_terms"]  # real digits: the same class structure as the held-out ones
+    assert c["within_samples"] == pytest.approx(c["within_heldout"], rel=0.25)
+    assert c["between_samples"] == pytest.approx(c["between_heldout"], rel=0.25)
+    assert c["class_mean_shift"] < 0.2 * c["within_heldout"]
+    assert evaluate_digits(x[y == 3], y[y == 3])["class_terms"] is None  # one class has no class structure
 
 
 def test_evaluate_digits_detects_bad_samples(split):

@@ -93,6 +93,44 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
     return max(t["mean"] + t["trace_a"] + t["trace_b"] - t["cross"], 0.0)
 
 
+def _class_means(feats: np.ndarray, labels: np.ndarray, name: str) -> dict[int, np.ndarray]:
+    f = np.asarray(feats, dtype=np.float64)
+    y = np.asarray(labels)
+    if f.ndim != 2 or y.shape != (len(f),):
+        raise ValueError(f"{name}: features must be (N, D) with labels (N,), got {f.shape} and {y.shape}")
+    return {int(c): f[y == c].mean(0) for c in np.unique(y)}
+
+
+def class_spread(feats: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """How a labelled feature set's variance splits between and within its classes.
+
+    Returns {"within": mean over classes of Tr Cov(class features), "between": mean over
+    classes of ||class mean - mean of the class means||^2}. Classifier-free guidance moves
+    both: it narrows each class and pushes the classes apart, which a total-variance (trace)
+    term alone cannot tell from a model that is simply too diverse. Classes with fewer than 2
+    samples are left out of "within"; at least 2 classes are needed.
+    """
+    f = np.asarray(feats, dtype=np.float64)
+    means = _class_means(f, labels, "class_spread")
+    if len(means) < 2:
+        raise ValueError(f"class_spread needs at least 2 classes, got {len(means)}")
+    y = np.asarray(labels)
+    within = [np.trace(np.atleast_2d(np.cov(f[y == c], rowvar=False))) for c in means if (y == c).sum() >= 2]
+    mu = np.stack(list(means.values()))
+    return {"within": float(np.mean(within)) if within else float("nan"),
+            "between": float(((mu - mu.mean(0)) ** 2).sum(1).mean())}
+
+
+def class_mean_shift(feats_a: np.ndarray, labels_a: np.ndarray, feats_b: np.ndarray, labels_b: np.ndarray) -> float:
+    """Mean over the classes both sets have of ||class mean in a - class mean in b||^2."""
+    ma = _class_means(feats_a, labels_a, "feats_a")
+    mb = _class_means(feats_b, labels_b, "feats_b")
+    shared = sorted(set(ma) & set(mb))
+    if not shared:
+        raise ValueError(f"the two sets share no class (a has {sorted(ma)}, b has {sorted(mb)})")
+    return float(np.mean([((ma[c] - mb[c]) ** 2).sum() for c in shared]))
+
+
 # ----------------------------------------------------------------------------- feature extractors
 
 
@@ -291,6 +329,11 @@ def evaluate_digits(images, labels, num_reference: int | None = None, seed: int 
       fd            FD (classifier features) of the samples vs the 360 held-out digits
       fd_terms      its terms: "mean" (squared distance of the means), "trace_samples" and
                     "trace_heldout" (total feature variance of each set), "cross"
+      class_terms   the class structure behind them (`class_spread`, `class_mean_shift`):
+                    "within_samples"/"within_heldout" (mean variance inside a class),
+                    "between_samples"/"between_heldout" (spread of the class means),
+                    "class_mean_shift" (samples' class means vs held-out's, per class);
+                    None when the samples hold fewer than 2 classes
       fd_reference  FD of `num_reference` (default N, capped at 1437) real *train* digits,
                     drawn at random with `seed`, vs held-out: what a perfect model gets
       accuracy      fraction classified as their intended label
@@ -314,11 +357,19 @@ def evaluate_digits(images, labels, num_reference: int | None = None, seed: int 
         preds = clf.eval()(torch.from_numpy(np.ascontiguousarray(x))).argmax(1).numpy()
     correct = preds == y
     per_class = [float(correct[y == c].mean()) if (y == c).any() else float("nan") for c in range(NUM_CLASSES)]
-    terms = frechet_terms(feats(x), ho)
+    fx = feats(x)
+    terms = frechet_terms(fx, ho)
+    class_terms = None  # a class structure needs at least 2 classes among the samples
+    if len(np.unique(y)) >= 2:
+        spread, spread_ho = class_spread(fx, y), class_spread(ho, split.heldout_labels)
+        class_terms = {"within_samples": spread["within"], "within_heldout": spread_ho["within"],
+                       "between_samples": spread["between"], "between_heldout": spread_ho["between"],
+                       "class_mean_shift": class_mean_shift(fx, y, ho, split.heldout_labels)}
     return {
         "fd": max(terms["mean"] + terms["trace_a"] + terms["trace_b"] - terms["cross"], 0.0),
         "fd_terms": {"mean": terms["mean"], "trace_samples": terms["trace_a"], "trace_heldout": terms["trace_b"],
                      "cross": terms["cross"]},
+        "class_terms": class_terms,
         "fd_reference": frechet_distance(feats(split.train_images[ref_idx]), ho),
         "accuracy": float(correct.mean()),
         "per_class_accuracy": per_class,
