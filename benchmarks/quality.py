@@ -57,6 +57,18 @@ ROWS = {
     "tqdit-ort": [],  # the tqdit record, exported per group and sampled by ONNX Runtime's INT8 kernels
     "tqdit-fp8-ort": [],  # the tqdit record's ranges as FP8 (E4M3) Q/DQ, sampled by ONNX Runtime
 }
+DEPLOYED_ROWS = ("tqdit-ort", "tqdit-fp8-ort")
+
+
+def record_row(row: str) -> str | None:
+    """The row whose calibration record `row` samples: its own, tqdit's for the deployed rows, None for fp."""
+    if ROWS[row] is None:
+        return None
+    return "tqdit" if row in DEPLOYED_ROWS else row
+
+
+def record_path(workdir: Path, row: str, bits: str) -> Path:
+    return workdir / f"{row}_{bits}"
 
 
 def claim_workdir(workdir: Path, model: torch.nn.Module, name: str) -> str:
@@ -90,7 +102,7 @@ def run_calibration(model: str, row: str, bits: str, out: Path) -> dict:
 
 def calibrate(model: str, row: str, bits: str, workdir: Path) -> tuple[Path, dict]:
     """Calibrate once (cached in workdir); returns the record and its cost."""
-    out = workdir / f"{row}_{bits}"
+    out = record_path(workdir, row, bits)
     cost_file = out.with_suffix(".cost.json")
     if out.exists() and cost_file.exists():
         return out, json.loads(cost_file.read_text())
@@ -120,9 +132,9 @@ def retime_calibrations(model: str, rows: list[str], bits_list: list[str], workd
     """
     for bits in bits_list:
         for row in rows:
-            if ROWS[row] is None or row.endswith("-ort"):  # fp has no record; the -ort rows use tqdit's
+            if record_row(row) != row:  # fp has no record; the deployed rows sample tqdit's
                 continue
-            cached = workdir / f"{row}_{bits}"
+            cached = record_path(workdir, row, bits)
             if not (cached / "record.json").exists():
                 print(f"{row} {bits}: no cached record in {cached}, nothing to retime")
                 continue
@@ -136,7 +148,7 @@ def retime_calibrations(model: str, rows: list[str], bits_list: list[str], workd
                                  "differ); its cells were sampled with that record, so their cost is left as it "
                                  "was. Rerun those cells in another --workdir")
             cached.with_suffix(".cost.json").write_text(json.dumps(cost))
-            users = {row} | ({"tqdit-ort", "tqdit-fp8-ort"} if row == "tqdit" else set())
+            users = {r for r in ROWS if record_row(r) == row}
             for cell in results["cells"]:
                 if cell["bits"] == bits and cell["row"] in users:
                     cell.update(cost)
@@ -290,8 +302,8 @@ def main(argv: list[str] | None = None) -> None:
         for row in args.rows:
             cost = {}
             backend = TorchBackend(model)
-            if row in ("tqdit-ort", "tqdit-fp8-ort"):
-                record_dir, cost = calibrate(args.model, "tqdit", bits, args.workdir)
+            if row in DEPLOYED_ROWS:
+                record_dir, cost = calibrate(args.model, record_row(row), bits, args.workdir)
                 precision = "fp8" if row == "tqdit-fp8-ort" else "int8"
                 onnx_dir = args.workdir / (f"onnx_{bits}" + ("_fp8" if precision == "fp8" else ""))
                 if not (onnx_dir / "manifest.json").exists():
