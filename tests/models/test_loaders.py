@@ -102,6 +102,18 @@ def test_load_checkpoint_dispatches_official_and_tqdit(tmp_path):
         load_checkpoint(tmp_path / "junk.bin")
 
 
+def test_official_checkpoints_default_to_the_official_guidance(tmp_path):
+    """facebookresearch/DiT guides 3 of 4 latent channels: its checkpoints sample that way unless told."""
+    from tqdit_export.models import resolve_model
+
+    model = _randomize(DiT(dit_config("DiT-S/2", input_size=8, depth=1)), seed=2)
+    save_official_state_dict(model, tmp_path / "official.pt")
+    save_dit(model, tmp_path / "ours.safetensors")
+    assert resolve_model(str(tmp_path / "official.pt")).cfg_channels == 3
+    assert resolve_model(str(tmp_path / "ours.safetensors")).cfg_channels is None
+    assert resolve_model("dit-digits").cfg_channels is None
+
+
 def _small_official_sd() -> dict:
     # hidden 384 is DiT-S, so num_heads is inferred; depth 1 keeps it fast.
     return DiT(dit_config("DiT-S/2", input_size=8, depth=1)).state_dict()

@@ -12,17 +12,25 @@ import numpy as np
 
 NUM_TRAIN_TIMESTEPS = 1000
 SAMPLERS = ("ddpm", "ddim")
+OFFICIAL_CFG_CHANNELS = 3  # facebookresearch/DiT `forward_with_cfg`: eps, rest = out[:, :3], out[:, 3:]
 
 
 @dataclass
 class SamplerConfig:
-    """How to sample. Defaults: DDPM, 100 steps, guidance 1.5 (the paper's settings), no clipping."""
+    """How to sample. Defaults: DDPM, 100 steps, guidance 1.5 (the paper's settings), no clipping,
+    every epsilon channel guided.
+
+    `cfg_channels`: how many leading epsilon channels guidance acts on (None: all).
+    facebookresearch/DiT guides 3 of its 4 latent channels; `OFFICIAL_CFG_CHANNELS`
+    reproduces the paper's numbers with its checkpoints.
+    """
 
     sampler: str = "ddpm"
     steps: int = 100
     cfg_scale: float = 1.5
     clip_denoised: bool = False
     eta: float = 0.0  # DDIM only: 0 is deterministic
+    cfg_channels: int | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -31,6 +39,12 @@ class SamplerConfig:
             raise ValueError(f"steps={self.steps} must be in 1..1000")
         if self.cfg_scale < 1.0:
             raise ValueError(f"cfg_scale={self.cfg_scale} must be >= 1 (1 turns guidance off)")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta={self.eta} must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like noise)")
+        if self.eta != 0.0 and self.sampler != "ddim":
+            raise ValueError(f"eta={self.eta} applies to the DDIM sampler only; use --sampler ddim or drop --eta")
+        if self.cfg_channels is not None and self.cfg_channels < 1:
+            raise ValueError(f"cfg_channels={self.cfg_channels} must be at least 1 (or unset: guide every channel)")
 
     @property
     def spacing(self) -> int | str:

@@ -8,6 +8,6 @@ weakly typed with the INT8 flag (`tqdit build --target orin`), DLA is not assume
 """
 from ..diffusion.schedule import SamplerConfig
 from .ort_runtime import OrtDenoiser, make_session
-from .sampler import sample_numpy
+from ..diffusion.loop import sample_numpy
 
 __all__ = ["OrtDenoiser", "make_session", "SamplerConfig", "sample_numpy"]

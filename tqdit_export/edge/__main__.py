@@ -16,7 +16,7 @@ import numpy as np
 from ..diffusion.schedule import SAMPLERS, SamplerConfig
 from ..io import save_samples
 from ..onnx.manifest import read_manifest
-from .sampler import sample_numpy
+from ..diffusion.loop import sample_numpy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--cfg-channels", type=int, default=None,
+                   help="guide only the first N epsilon channels (default all; facebookresearch/DiT guides 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latent", action="store_true", help="latent-space model: do not clip x0 to [-1, 1]")
     p.add_argument("--out", type=Path, required=True, help=".npz of images (N,C,H,W) in [-1, 1] and labels")
@@ -51,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     if labels.min() < 0 or labels.max() >= num_classes:
         raise SystemExit(f"--class must be in 0..{num_classes - 1}")
     shape = (int(config["in_channels"]), int(config["input_size"]), int(config["input_size"]))
+    sampler = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=not args.latent,
+                            cfg_channels=args.cfg_channels)
     start = time.perf_counter()
-    images = sample_numpy(denoiser, labels, shape, SamplerConfig(args.sampler, args.steps, args.cfg,
-                                                                     clip_denoised=not args.latent), num_classes, args.seed)
+    images = sample_numpy(denoiser, labels, shape, sampler, num_classes, args.seed)
     elapsed = time.perf_counter() - start
     save_samples(args.out, images, labels, {"sampler": args.sampler, "steps": args.steps, "cfg": args.cfg,
+                                            "cfg_channels": args.cfg_channels,
                                             "seed": args.seed, "runtime": "trt" if args.engines else "ort"})
     print(json.dumps({"out": str(args.out), "num": args.num, "seconds": round(elapsed, 2),
                       "ms_per_step": round(1000 * elapsed / args.steps, 2)}))

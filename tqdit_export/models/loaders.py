@@ -69,6 +69,7 @@ from .dit import DIT_CONFIGS, DiT, DiTConfig, get_2d_sincos_pos_embed
 
 __all__ = [
     "DIFFUSERS_DEFAULT_NORM_EPS",
+    "checkpoint_format",
     "DIFFUSERS_TIMESTEP_FREQ_SHIFT",
     "convert_diffusers_state_dict",
     "diffusers_config_to_dit",
@@ -570,17 +571,17 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
 
 
-def load_checkpoint(path: str | Path) -> DiT:
-    """Load any supported DiT checkpoint (eval mode, CPU), chosen from its content.
+def checkpoint_format(path: str | Path) -> str:
+    """Which format a checkpoint is in, from its content: "diffusers", "tqdit" or "official".
 
-    - a folder: diffusers model or pipeline folder (`load_diffusers_checkpoint`);
-    - safetensors with metadata format == "tqdit-dit": the project's format (`load_dit`);
-    - other safetensors with diffusers keys: `load_diffusers_checkpoint`;
-    - a PyTorch file (zip or legacy pickle): official `.pt` (`load_official_checkpoint`).
+    - a folder: a diffusers model or pipeline folder;
+    - safetensors with metadata format == "tqdit-dit": the project's format;
+    - other safetensors with diffusers keys: diffusers;
+    - a PyTorch file (zip or legacy pickle): a facebookresearch/DiT `.pt`.
     """
     path = Path(path)
     if path.is_dir():
-        return load_diffusers_checkpoint(path)
+        return "diffusers"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file or folder")
     with open(path, "rb") as f:
@@ -592,17 +593,23 @@ def load_checkpoint(path: str | Path) -> DiT:
             meta = f.metadata() or {}
             keys = set(f.keys())
         if meta.get("format") == TQDIT_FORMAT:
-            return load_dit(path)
+            return "tqdit"
         if "pos_embed.proj.weight" in keys or any(k.startswith("transformer_blocks.") for k in keys):
-            return load_diffusers_checkpoint(path)
+            return "diffusers"
         raise ValueError(
             f"{path}: safetensors file without '{TQDIT_FORMAT}' metadata and without diffusers keys "
             f"(first keys: {_fmt_keys(sorted(keys), 5)}); its config and numerics are unknown. Save DiT weights "
             "with save_dit (tqdit format) or save_official_state_dict (.pt)"
         )
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return load_official_checkpoint(path)
+        return "official"
     raise ValueError(
         f"{path}: unrecognised checkpoint format (neither safetensors nor a PyTorch .pt); supported: tqdit "
         "safetensors (save_dit), diffusers safetensors/folder, facebookresearch/DiT .pt"
     )
+
+
+def load_checkpoint(path: str | Path) -> DiT:
+    """Load any supported DiT checkpoint (eval mode, CPU), in the format `checkpoint_format` finds."""
+    loader = {"diffusers": load_diffusers_checkpoint, "tqdit": load_dit, "official": load_official_checkpoint}
+    return loader[checkpoint_format(path)](path)

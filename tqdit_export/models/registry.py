@@ -38,11 +38,15 @@ class ResolvedModel:
     name: str
     pixel_space: bool
     dataset: str | None
+    # Epsilon channels guidance acts on by default (None: all): the official DiT code
+    # guides 3 of 4, and its checkpoints reproduce the paper's FID only that way.
+    cfg_channels: int | None = None
 
 
 def resolve_model(name_or_path: str, device: str = "cpu") -> ResolvedModel:
     """Load a bundled model by name, or any supported checkpoint file/folder by path."""
-    from .loaders import load_checkpoint
+    from ..diffusion.schedule import OFFICIAL_CFG_CHANNELS
+    from .loaders import checkpoint_format, load_checkpoint
 
     if name_or_path in BUNDLED_MODELS:
         entry = BUNDLED_MODELS[name_or_path]
@@ -58,7 +62,10 @@ def resolve_model(name_or_path: str, device: str = "cpu") -> ResolvedModel:
         raise FileNotFoundError(
             f"--model {name_or_path!r} is neither a bundled model ({sorted(BUNDLED_MODELS)}) nor an existing path"
         )
+    fmt = checkpoint_format(path)
     model = load_checkpoint(path).to(device).eval()
     # A user checkpoint of the digits architecture is read as digits; anything else as latents.
     is_digits = model.config.in_channels == 1 and model.config.input_size == 8 and model.config.num_classes == 10
-    return ResolvedModel(model, str(path), is_digits, "digits" if is_digits else None)
+    official_guidance = fmt == "official" and model.config.in_channels > OFFICIAL_CFG_CHANNELS
+    return ResolvedModel(model, str(path), is_digits, "digits" if is_digits else None,
+                         OFFICIAL_CFG_CHANNELS if official_guidance else None)
