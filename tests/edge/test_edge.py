@@ -85,3 +85,29 @@ def test_trt_runtime_names_what_is_missing(tmp_path):
     (tmp_path / "build.json").write_text(json.dumps({"engines": [], "status": "onnx-only: TensorRT missing"}))
     with pytest.raises(RuntimeError, match="no engines"):
         TrtDenoiser(tmp_path)
+
+
+def test_a_graph_changed_after_export_is_refused_when_loaded(export_dir, tmp_path):
+    """One Q scale set to NaN in a graph of the export: the manifest's sha256 no longer matches."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(export_dir, tampered)
+    graph = onnx.load(str(tampered / "group_01.onnx"))
+    name = next(n.input[1] for n in graph.graph.node if n.op_type == "QuantizeLinear")
+    nan = numpy_helper.from_array(np.array(np.nan, dtype=np.float32), name)
+    tensors = [i for i in graph.graph.initializer if i.name == name] + [
+        a.t for n in graph.graph.node if n.op_type == "Constant" and n.output[0] == name for a in n.attribute]
+    tensors[0].CopyFrom(nan)
+    onnx.save(graph, str(tampered / "group_01.onnx"))
+    with pytest.raises(ValueError, match=r"group_01\.onnx: this graph was changed"):
+        OrtDenoiser(tampered)
+    (tampered / "group_01.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match=r"group_01\.onnx: the graph named by the manifest is missing"):
+        OrtDenoiser(tampered)
+    (tampered / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"manifest\.json: not a readable manifest"):
+        OrtDenoiser(tampered)

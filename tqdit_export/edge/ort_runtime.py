@@ -14,7 +14,7 @@ import numpy as np
 
 from calibration.time_groups import TimeGroups
 
-from ..onnx.manifest import read_manifest
+from ..onnx.manifest import graph_path, read_manifest
 
 # ClipQuantRewrite (drops a Clip that a QuantizeLinear's range makes redundant; our Clips never
 # are) fails on float8 zero points in ORT 1.32, so FP8 graphs would not load with it on.
@@ -58,15 +58,15 @@ class OrtDenoiser:
         if fp32:
             if "fp32" not in self.manifest:
                 raise ValueError(f"{export_dir}: no FP32 graph; export with --fp32")
-            files = [self.manifest["fp32"]["file"]]
+            entries = [self.manifest["fp32"]]
         elif layout == "per-group":
-            files = [g["file"] for g in sorted(self.manifest["graphs"], key=lambda g: g["time_group"])]
+            entries = sorted(self.manifest["graphs"], key=lambda g: g["time_group"])
         elif layout in LAYOUTS_WITH_GROUP_INPUT:
-            files = [self.manifest["graphs"][0]["file"]]
+            entries = [self.manifest["graphs"][0]]
         else:
             raise ValueError(f"{export_dir}: layout {layout!r} is not supported by ONNX Runtime")
         expand = layout == "plugin" and not fp32
-        self.sessions = [make_session(export_dir / f, threads, providers, expand) for f in files]
+        self.sessions = [make_session(graph_path(export_dir, e), threads, providers, expand) for e in entries]
         self.feeds_group = layout in LAYOUTS_WITH_GROUP_INPUT and not fp32
 
     def session_for(self, t: np.ndarray):

@@ -16,6 +16,8 @@ import numpy as np
 
 from calibration.time_groups import TimeGroups
 
+from ..onnx.manifest import verified_bytes
+
 BUILD_MANIFEST = "build.json"
 
 
@@ -85,7 +87,8 @@ class TrtDenoiser:
             load_plugin_library(trt, library)
         runtime = trt.Runtime(logger)
         entries = sorted(self.build["engines"], key=lambda e: str(e["time_group"]))
-        self.engines = [runtime.deserialize_cuda_engine((build_dir / e["file"]).read_bytes()) for e in entries]
+        self.engines = [runtime.deserialize_cuda_engine(verified_bytes(build_dir, e["file"], e.get("sha256")))
+                        for e in entries]
         if any(e is None for e in self.engines):
             raise RuntimeError(f"{build_dir}: an engine did not deserialize (built for another TensorRT or GPU?)")
         self.contexts, self.activations = shared_memory_contexts(

@@ -25,7 +25,7 @@ from calibration.time_groups import TimeGroups
 
 from ..edge.trt_runtime import PLUGIN_LIBRARY_ENV, load_plugin_library, shared_memory_contexts
 from ..io import atomic_output, file_sha256
-from ..onnx.export import MANIFEST
+from ..onnx.manifest import graph_path, read_manifest
 
 
 def import_tensorrt() -> ModuleType:
@@ -160,12 +160,12 @@ class TrtBackend:
                  settings: BuildSettings = BuildSettings()) -> None:
         trt = import_tensorrt()
         export_dir = Path(export_dir)
-        self.manifest = json.loads((export_dir / MANIFEST).read_text())
+        self.manifest = read_manifest(export_dir)
         self.groups = TimeGroups(tuple(self.manifest["time_groups"]))
         cache_dir = Path(cache_dir) if cache_dir else export_dir / "engines"
         graphs = sorted(self.manifest["graphs"], key=lambda g: str(g["time_group"]))
         plugin = self.manifest["layout"] == "plugin"
-        plans = [build_engine(export_dir / g["file"], cache_dir, settings, load_plugin=plugin) for g in graphs]
+        plans = [build_engine(graph_path(export_dir, g), cache_dir, settings, load_plugin=plugin) for g in graphs]
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = [runtime.deserialize_cuda_engine(p.read_bytes()) for p in plans]
         self.contexts, self.activations = shared_memory_contexts(

@@ -1,16 +1,56 @@
 """Names shared by the exporter and every runtime that reads an export folder (no torch here)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+
+from ..io import file_sha256
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
 
 def read_manifest(export_dir: str | Path) -> dict:
-    """The manifest of an export folder, or a FileNotFoundError that says how to make one."""
+    """The manifest of an export folder, or an error that names the file and says how to make one."""
     path = Path(export_dir) / MANIFEST
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{export_dir}: no {MANIFEST}; create the folder with `tqdit export` or `tqdit build`")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable manifest ({err}); export the folder again with `tqdit export`") from err
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("graphs"), list) or not manifest["graphs"]:
+        raise ValueError(f"{path}: a manifest names its graphs under 'graphs'; export the folder again with `tqdit export`")
+    return manifest
+
+
+def verified_file(folder: str | Path, name: str, sha256: str | None, what: str = "graph") -> Path:
+    """`folder / name`, checked against the sha256 its manifest holds: a file changed or replaced
+    after the tool wrote it is refused (a NaN scale edited into a graph would otherwise run)."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the {what} named by the manifest is missing; write the folder again")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise ValueError(f"{path}: this {what} was changed after it was written (its sha256 differs from the "
+                         "manifest's); write the folder again rather than editing it")
+    return path
+
+
+def verified_bytes(folder: str | Path, name: str, sha256: str | None, what: str = "engine") -> bytes:
+    """The bytes of `folder / name`, checked against the manifest's sha256 (read once, hashed in memory)."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the {what} named by the manifest is missing; write the folder again")
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{path}: this {what} was changed after it was written (its sha256 differs from the "
+                         "manifest's); write the folder again rather than editing it")
+    return data
+
+
+def graph_path(export_dir: str | Path, entry: dict) -> Path:
+    """The ONNX file of one manifest entry, its graph and external data checked against their sha256."""
+    if "external_data" in entry:
+        verified_file(export_dir, entry["external_data"], entry.get("external_data_sha256"), "external data file")
+    return verified_file(export_dir, entry["file"], entry.get("sha256"))
