@@ -12,7 +12,7 @@ checked in the optimised graph. Weights use 7-bit codes on CPUs without VNNI, as
 exporter does there. A third column re-encodes the same activation codes as uint8 with zero
 point 128 (exact, but TensorRT refuses non-zero zero points): whether ONNX Runtime's u8 x s8
 kernel beats its s8 x s8 one on this CPU. Median of `--repeats` runs; writes
-benchmarks/results/gemm_cpu.{json,md}.
+benchmarks/results/gemm_cpu_<cpu kind>.{json,md} (vnni or avx2: each kind its own table).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from tqdit_export.edge.ort_runtime import DISABLED_OPTIMIZERS
-from tqdit_export.hardware import cpu_has_vnni, cpu_name
+from tqdit_export.hardware import cpu_description, cpu_has_vnni
 from tqdit_export.io import atomic_output, write_json
 from tqdit_export.models import DIT_CONFIGS
 
@@ -100,8 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--out", type=Path, default=RESULTS / "gemm_cpu")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results path without suffix (default: benchmarks/results/gemm_cpu_<cpu kind>)")
     args = p.parse_args(argv)
+    cpu = cpu_description()
+    # Figures of one CPU kind never stand in a table of another: each kind has its own file.
+    args.out = args.out or RESULTS / f"gemm_cpu_{cpu['kind']}"
     weight_bits = 8 if cpu_has_vnni() else 7
     rng = np.random.default_rng(0)
     rows = []
@@ -133,9 +137,9 @@ def main(argv: list[str] | None = None) -> None:
                          "u8_act_ms": round(totals["u8"], 3), "u8_act_speedup": round(totals["fp32"] / totals["u8"], 2),
                          "fp32_gmac_per_s": None, "int8_gmac_per_s": None})
     command = ("python benchmarks/gemm_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
-    machine = (f"{cpu_name()}, {args.threads} threads, VNNI: {cpu_has_vnni()}, "
+    machine = (f"{cpu['name']} ({cpu['kind']}), {args.threads} threads, VNNI: {cpu_has_vnni()}, "
                f"onnxruntime {ort.__version__}, INT8 weights {weight_bits}-bit codes")
-    write_json(args.out.with_suffix(".json"), {"command": command, "machine": machine, "batch": args.batch,
+    write_json(args.out.with_suffix(".json"), {"command": command, "machine": machine, "cpu": cpu, "batch": args.batch,
                                                "repeats": args.repeats, "rows": rows})
     lines = ["# Integer-GEMM ceiling on this CPU (ONNX Runtime, one linear layer at a time)", "",
              f"Command: `{command}`  ", f"Machine: {machine}  ",

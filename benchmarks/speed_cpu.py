@@ -10,7 +10,7 @@ model uses its trained weights and a TQ-DiT record; DiT-S/2 and DiT-B/2 (32x32x4
 use random weights and a min-max record (labelled: speed only, no quality meaning).
 Median of `--repeats` timed calls after warm-up, batch `--batch` (CFG doubles a batch of
 images, so 8 = 4 images), `--threads` intra-op threads. Writes
-benchmarks/results/speed_cpu.{json,md}.
+benchmarks/results/speed_cpu_<cpu kind>.{json,md} (vnni or avx2: each kind its own table).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from calibration.sites import Site
 from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.io import atomic_output, write_json
 from tqdit_export.models import DIT_CONFIGS, DiT, resolve_model
-from tqdit_export.hardware import cpu_has_vnni, cpu_name
+from tqdit_export.hardware import cpu_description, cpu_has_vnni
 from tqdit_export.onnx import export_dit
 from tqdit_export.quant import calibrate_dit
 
@@ -116,16 +116,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--out", type=Path, default=RESULTS / "speed_cpu")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results path without suffix (default: benchmarks/results/speed_cpu_<cpu kind>)")
     args = p.parse_args(argv)
+    cpu = cpu_description()
+    # Figures of one CPU kind never stand in a table of another: each kind has its own file.
+    args.out = args.out or RESULTS / f"speed_cpu_{cpu['kind']}"
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             rows += bench_model(name, args, Path(tmp))
     command = "python benchmarks/speed_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = f"{cpu_name()}, {args.threads} threads, VNNI: {cpu_has_vnni()}, onnxruntime {__import__('onnxruntime').__version__}"
-    write_json(args.out.with_suffix(".json"), {"command": command.strip(), "machine": machine, "batch": args.batch,
+    machine = f"{cpu['name']} ({cpu['kind']}), {args.threads} threads, VNNI: {cpu_has_vnni()}, onnxruntime {__import__('onnxruntime').__version__}"
+    write_json(args.out.with_suffix(".json"), {"command": command.strip(), "machine": machine, "cpu": cpu, "batch": args.batch,
                                                "rows": rows})
     lines = ["# CPU speed per denoiser call (ONNX Runtime)", "", f"Command: `{command.strip()}`  ",
              f"Machine: {machine}  ", f"Batch {args.batch} per call (CFG pairs), median of {args.repeats} calls.", "",
