@@ -1,6 +1,7 @@
 """CalibrationRecord: everything an exporter needs, in safetensors (tensors) + JSON (metadata).
 
-A record folder holds `record.json` and `scales.safetensors`. Tensors are named
+A record folder holds `record.json` and `scales.safetensors` (and the inventory that
+`folders.atomic_folder` writes in every artifact folder). Tensors are named
 `{site}.{operand}.{field}`:
 - `weight.scale` (out,): per-output-channel weight scales (axis 0 of the torch [out, in] weight);
 - uniform activation: `scale` (G,), one per time group;
@@ -10,54 +11,23 @@ Loading a record against a model whose weights differ from the calibrated ones i
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from .folders import atomic_folder
 from .sites import Site
 from .time_groups import TimeGroups
 
 SCHEMA_VERSION = 1
 RECORD_JSON = "record.json"
 SCALES_FILE = "scales.safetensors"
-
-
-@contextlib.contextmanager
-def atomic_folder(path: str | Path, marker: str) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` whole.
-
-    An existing `path` is only replaced if it holds `marker` (a file this tool writes), so a
-    mistyped --out never deletes a user's folder.
-    """
-    path = Path(path)
-    if path.exists() and not (path / marker).exists():
-        raise FileExistsError(f"{path} exists and is not a folder this tool wrote (no {marker}); choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+RECORD_FILES = (RECORD_JSON, SCALES_FILE)  # the record itself; a folder also holds its inventory
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -1,7 +1,7 @@
 """`tqdit build`: checkpoint (+ record) -> export -> lint -> TensorRT engines, one command for CI.
 
 The output folder:
-    record/       the calibration record (copied, or calibrated here when none is given)
+    record/       the calibration record (its files copied, or calibrated here when none is given)
     onnx/         the export (manifest.json + graphs of the target's layout)
     lint.json     TensorRT-conformance findings per graph
     engines/      serialized engines (only where TensorRT and a GPU are present)
@@ -10,7 +10,8 @@ The output folder:
 Everything that needs neither TensorRT nor a GPU is produced first; when either is
 missing, build.json says `status: "onnx-only"` with the reason and the command exits
 with ENGINES_MISSING, so a CI job can tell "no engine" from "broken".
-The folder is written atomically: a complete build (or an onnx-only one) or nothing.
+The folder is written atomically: a complete build (or an onnx-only one) or nothing; an
+existing folder is replaced only if it is a build holding nothing the tool did not write.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from calibration.record import CalibrationRecord
+from calibration.record import RECORD_FILES, RECORD_JSON, CalibrationRecord
 
 from .edge.trt_runtime import BUILD_MANIFEST
 from .io import atomic_folder, file_sha256
@@ -55,11 +56,15 @@ TARGETS = {
 
 
 def record_sha256(record_dir: Path) -> str:
-    """One hash over the files of a record folder (name + content, sorted)."""
+    """One hash over the record's files (name + content, sorted: record.json, scales.safetensors).
+
+    Only those: the folder's inventory is bookkeeping, and anything else kept beside the record
+    is not part of it, so a record hashes the same whichever version or user wrote its folder.
+    """
     h = hashlib.sha256()
-    for f in sorted(p for p in record_dir.iterdir() if p.is_file()):
-        h.update(f.name.encode())
-        h.update(file_sha256(f).encode())
+    for name in sorted(RECORD_FILES):
+        h.update(name.encode())
+        h.update(file_sha256(Path(record_dir) / name).encode())
     return h.hexdigest()
 
 
@@ -91,7 +96,9 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
     layout = layout or spec.layout
     start = time.perf_counter()
     with atomic_folder(out, BUILD_MANIFEST) as tmp:
-        shutil.copytree(record_dir, tmp / "record")
+        with atomic_folder(tmp / "record", RECORD_JSON) as copy:  # the record's files, not what else is beside them
+            for name in RECORD_FILES:
+                shutil.copy2(Path(record_dir) / name, copy / name)
         # GPU targets: full 8-bit weights (7-bit codes are an ONNX Runtime CPU workaround).
         manifest = export_dit(model, record, tmp / "onnx", layout=layout, weight_reduce_range=False,
                               precision=precision)

@@ -16,7 +16,9 @@ import torch
 from calibration.search import METHODS
 
 from .diffusion import SAMPLERS, SamplerConfig, sample
-from .io import load_samples, save_samples, write_json
+from .io import atomic_folder, check_output_file, check_output_folder, load_samples, save_samples, write_json
+
+DEMO_JSON = "demo.json"  # the marker of a demo folder, written last
 
 
 def balanced_labels(num: int, num_classes: int, classes: list[int] | None = None) -> torch.Tensor:
@@ -72,8 +74,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise SystemExit("--num must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1 (or leave it out: all at once)")
     if args.out is None and args.save_npz is None:
         raise SystemExit("nothing to write: give --out grid.png and/or --save-npz samples.npz")
+    for path in (args.out, args.save_npz):
+        if path is not None:
+            check_output_file(path)
     device = _device(args.device)
     resolved = resolve_model(args.model, device=device)
     cfg = resolved.model.config
@@ -82,7 +89,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"--out: {resolved.name} makes {cfg.in_channels}-channel latents, not images; decode them with "
             "the model's VAE, or write them with --save-npz"
         )
-    config = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=resolved.pixel_space, eta=args.eta)
+    cfg_channels = args.cfg_channels if args.cfg_channels is not None else resolved.cfg_channels
+    config = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=resolved.pixel_space, eta=args.eta,
+                           cfg_channels=cfg_channels)
     labels = balanced_labels(args.num, cfg.num_classes, args.classes)
     backend = make_backend(args, resolved.model, device)
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
@@ -101,7 +110,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
           f"{elapsed:.1f} s ({1000 * elapsed / calls:.1f} ms per denoiser call, batch {batch})")
     meta = {"model": resolved.name, "dataset": resolved.dataset, "sampler": config.sampler, "steps": config.steps,
             "cfg": config.cfg_scale, "seed": args.seed, "batch_size": batch, "backend": backend.name,
-            "seconds": round(elapsed, 3), "record": str(args.record) if args.record else None}
+            "seconds": round(elapsed, 3), "record": str(args.record) if args.record else None,
+            "cfg_channels": cfg_channels}
     if args.save_npz is not None:
         print(f"wrote {save_samples(args.save_npz, x, labels.numpy(), meta)}")
     if args.out is not None:
@@ -130,10 +140,12 @@ def peak_rss_mib() -> float:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from calibration.calibrate import CalibrationConfig
+    from calibration.record import RECORD_JSON
 
     from .models import resolve_model
     from .quant import calibrate_dit, parse_bits
 
+    check_output_folder(args.out, RECORD_JSON)  # before minutes of calibration, not after
     w_bits, a_bits = parse_bits(args.bits)
     config = CalibrationConfig(weight_bits=w_bits, activation_bits=a_bits, num_groups=args.groups,
                                method=args.method, tgq=not args.no_tgq, mrq=not args.no_mrq, ho=not args.no_ho,
@@ -163,7 +175,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from .models import resolve_model
     from .onnx import export_dit
+    from .onnx.manifest import MANIFEST
 
+    check_output_folder(args.out, MANIFEST)
     resolved = resolve_model(args.model)
     record = CalibrationRecord.load(args.record, resolved.model)
     reduce = {"auto": None, "on": True, "off": False}[args.reduce_range]
@@ -180,7 +194,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole pipeline on one model: calibrate -> export -> lint -> sample FP32 and INT8 on ORT -> compare."""
+    """The whole pipeline on one model: calibrate -> export -> lint -> sample FP32 and INT8 on ORT -> compare.
+
+    The output folder is one artifact folder (marker demo.json): complete, or not written.
+    """
     from calibration.calibrate import CalibrationConfig
 
     from .engines.ort_backend import OrtBackend
@@ -190,46 +207,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .quant import calibrate_dit, parse_bits
 
     out = Path(args.out)
+    check_output_folder(out, DEMO_JSON)
     resolved = resolve_model(args.model)
     if resolved.dataset != "digits":
         raise SystemExit(f"--model {args.model}: the demo evaluates digits models; use the step commands otherwise")
     w_bits, a_bits = parse_bits(args.bits)
-    start = time.perf_counter()
-    record = calibrate_dit(resolved.model, CalibrationConfig(w_bits, a_bits, seed=args.seed),
-                           samples_per_group=args.samples_per_group, clip_denoised=True, progress=not args.quiet)
-    record.save(out / "record")
-    print(f"[1/4] calibrated {args.bits} (TQ-DiT, G={record.time_groups.num_groups}) in "
-          f"{time.perf_counter() - start:.1f} s -> {out / 'record'}")
-    start = time.perf_counter()
-    manifest = export_dit(resolved.model, record, out / "onnx", layout="per-group", fp32=True)
-    files = [out / "onnx" / g["file"] for g in manifest["graphs"]] + [out / "onnx" / "fp32.onnx"]
-    findings = sum(len(lint_file(f)) for f in files)
-    print(f"[2/4] exported {len(files) - 1} per-group Q/DQ graphs + fp32 in {time.perf_counter() - start:.1f} s; "
-          f"TensorRT lint: {findings} finding(s)")
-    cfg = resolved.model.config
-    labels = balanced_labels(args.num, cfg.num_classes)
-    config = SamplerConfig("ddpm", args.steps, args.cfg, clip_denoised=True)
-    rows = {}
-    backends = {"ORT FP32": OrtBackend(out / "onnx", fp32=True), f"ORT {args.bits}": OrtBackend(out / "onnx")}
-    for name, backend in backends.items():
+    with atomic_folder(out, DEMO_JSON) as tmp:  # printed paths name `out`, where the files will be
         start = time.perf_counter()
-        x = sample(backend, labels, (cfg.in_channels, cfg.input_size, cfg.input_size), config,
-                   resolved.model.null_class, seed=args.seed, progress=not args.quiet).numpy()
-        ms = 1000 * (time.perf_counter() - start) / args.steps
-        rows[name] = {"images": x, "ms_per_step": ms, **evaluate_digits(x, labels.numpy(), seed=args.seed)}
-        print(f"[3/4] sampled {args.num} digits with {name}: {ms:.0f} ms per step (batch {2 * args.num} with CFG)")
-    fp, q = rows["ORT FP32"], rows[f"ORT {args.bits}"]
-    q["psnr_vs_fp"] = paired_psnr(q["images"], fp["images"])
-    grid = save_side_by_side([(name, r["images"], labels.numpy()) for name, r in rows.items()],
-                             out / "fp32_vs_int8.png")
-    print(f"[4/4] wrote {grid}\n")
+        record = calibrate_dit(resolved.model, CalibrationConfig(w_bits, a_bits, seed=args.seed),
+                               samples_per_group=args.samples_per_group, clip_denoised=True, progress=not args.quiet)
+        record.save(tmp / "record")
+        print(f"[1/4] calibrated {args.bits} (TQ-DiT, G={record.time_groups.num_groups}) in "
+              f"{time.perf_counter() - start:.1f} s -> {out / 'record'}")
+        start = time.perf_counter()
+        manifest = export_dit(resolved.model, record, tmp / "onnx", layout="per-group", fp32=True)
+        files = [tmp / "onnx" / g["file"] for g in manifest["graphs"]] + [tmp / "onnx" / "fp32.onnx"]
+        findings = sum(len(lint_file(f)) for f in files)
+        print(f"[2/4] exported {len(files) - 1} per-group Q/DQ graphs + fp32 in {time.perf_counter() - start:.1f} s; "
+              f"TensorRT lint: {findings} finding(s)")
+        cfg = resolved.model.config
+        labels = balanced_labels(args.num, cfg.num_classes)
+        config = SamplerConfig("ddpm", args.steps, args.cfg, clip_denoised=True)
+        rows = {}
+        backends = {"ORT FP32": OrtBackend(tmp / "onnx", fp32=True), f"ORT {args.bits}": OrtBackend(tmp / "onnx")}
+        for name, backend in backends.items():
+            start = time.perf_counter()
+            x = sample(backend, labels, (cfg.in_channels, cfg.input_size, cfg.input_size), config,
+                       resolved.model.null_class, seed=args.seed, progress=not args.quiet).numpy()
+            ms = 1000 * (time.perf_counter() - start) / args.steps
+            rows[name] = {"images": x, "ms_per_step": ms, **evaluate_digits(x, labels.numpy(), seed=args.seed)}
+            print(f"[3/4] sampled {args.num} digits with {name}: {ms:.0f} ms per step (batch {2 * args.num} with CFG)")
+        fp, q = rows["ORT FP32"], rows[f"ORT {args.bits}"]
+        q["psnr_vs_fp"] = paired_psnr(q["images"], fp["images"])
+        grid = save_side_by_side([(name, r["images"], labels.numpy()) for name, r in rows.items()],
+                                 tmp / "fp32_vs_int8.png")
+        write_json(tmp / DEMO_JSON,
+                   {name: {k: v for k, v in r.items() if k != "images"} for name, r in rows.items()})
+    print(f"[4/4] wrote {out / grid.name} and {out / DEMO_JSON}\n")
     print("| backend | FD | FD reference | accuracy | PSNR vs FP32 (dB) | ms per step |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         psnr = f"{r['psnr_vs_fp']:.2f}" if "psnr_vs_fp" in r else "—"
         print(f"| {name} | {r['fd']:.3f} | {r['fd_reference']:.3f} | {r['accuracy']:.3f} | {psnr} | "
               f"{r['ms_per_step']:.0f} |")
-    write_json(out / "demo.json", {name: {k: v for k, v in r.items() if k != "images"} for name, r in rows.items()})
     return 0
 
 
@@ -242,9 +262,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     from calibration.record import CalibrationRecord
 
     from .build import ENGINES_MISSING, build
+    from .edge.trt_runtime import BUILD_MANIFEST
     from .models import resolve_model
     from .quant import calibrate_dit, parse_bits
 
+    check_output_folder(args.out, BUILD_MANIFEST)
     resolved = resolve_model(args.model)
     command = "tqdit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["build"] else ""
     with tempfile.TemporaryDirectory() as scratch:
@@ -293,6 +315,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .check import check_export
     from .models import resolve_model
 
+    if args.json is not None:
+        check_output_file(args.json)
     resolved = resolve_model(args.model)
     record = CalibrationRecord.load(args.record, resolved.model)
     results = check_export(resolved.model, record, args.onnx, samples=args.samples, tolerance=args.tolerance,
@@ -326,6 +350,8 @@ def cmd_lint(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate_digits
 
+    if args.json is not None:
+        check_output_file(args.json)
     images, labels, meta = load_samples(args.samples)
     if meta.get("dataset") not in (None, "digits"):
         raise SystemExit(
@@ -359,7 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=100, help="sampling steps (default 100)")
     s.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="default ddpm")
     s.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance scale, 1 = off (default 1.5)")
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0, deterministic)")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0, deterministic)")
+    s.add_argument("--cfg-channels", type=int, default=None,
+                   help="guide only the first N epsilon channels (default: 3 for facebookresearch/DiT .pt "
+                        "checkpoints, as its sampler does; all channels otherwise)")
     s.add_argument("--num", type=int, default=100, help="number of samples, balanced over classes (default 100)")
     s.add_argument("--class", dest="classes", type=int, action="append", help="only this class (repeatable)")
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
@@ -476,9 +505,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as err:
-        print(f"tqdit {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, KeyError, RuntimeError) as err:
+        print(f"tqdit {args.command}: error: {_error_message(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # every artifact is written atomically: an interrupted run leaves nothing
+        print(f"tqdit {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _error_message(err: Exception) -> str:
+    """The message of an error; the file system's own (a full disk, a permission) as `path: reason`."""
+    if isinstance(err, OSError) and err.errno is not None and err.filename is not None:
+        paths = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else f"{err.filename}"
+        return f"{paths}: {err.strerror}"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 Each writer fills a temporary file beside the target, and only a complete file is renamed
 into place; on any error the temporary file is removed and an older target stays intact.
+Folders (records, exports, builds, demos) are written by `calibration.folders`, re-exported
+here with its checks, which the CLI runs on every output before any work starts.
 """
 from __future__ import annotations
 
@@ -15,19 +17,18 @@ from typing import Any, Iterator
 
 import numpy as np
 
-
-def atomic_folder(path: str | Path, marker: str):
-    """calibration.record.atomic_folder: folders are written the same way by calibration/ (records)
-    and this package (exports). Imported on use, so this module stays torch-free for the edge runtime."""
-    from calibration.record import atomic_folder as _atomic_folder
-
-    return _atomic_folder(path, marker)
+from calibration.folders import (  # noqa: F401 (re-exported: one implementation for calibration/ and here)
+    atomic_folder, check_output_file, check_output_folder)
 
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.
+
+    An existing folder or special file at `path`, or a folder that cannot be created, is refused first.
+    """
     path = Path(path)
+    check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -36,7 +36,8 @@ def test_large_graphs_get_one_external_data_file_and_still_run(model_and_record,
         assert [str(f) for f in lint_file(out / entry["file"])] == \
             [str(f) for f in lint_file(tmp_path / "inline" / entry["file"])]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.json"] + [f for e in [*manifest["graphs"], manifest["fp32"]] for f in (e["file"], e["external_data"])])
+        ["manifest.json", ".tqdit-files.json"]
+        + [f for e in [*manifest["graphs"], manifest["fp32"]] for f in (e["file"], e["external_data"])])
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 3]), torch.tensor([1, 10])
     with torch.no_grad():
         assert float((OrtBackend(out, fp32=True)(x, t, y) - model(x, t, y)).abs().max()) < 1e-4
