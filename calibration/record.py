@@ -134,8 +134,8 @@ class CalibrationRecord:
         """Raise unless every scale is finite and strictly positive (an MRQ boundary too; a GELU
         boundary is 0 by definition): a 0 or NaN scale would sample black or NaN images silently."""
         for key, value in sorted(self.tensors.items()):
-            nonneg_ok = key.endswith(".boundary") and (value == 0).all()
-            bad = ~torch.isfinite(value) | ((value <= 0) & ~torch.tensor(nonneg_ok))
+            zero_ok = key.endswith(".boundary") and bool((value == 0).all())
+            bad = ~torch.isfinite(value) | ((value <= 0) & (not zero_ok))
             if bad.any():
                 raise ValueError(f"{source}: {key} holds {int(bad.sum())} scale(s) that are 0, negative, NaN or "
                                  f"infinite (e.g. {value[bad].flatten()[0].item()}); this record cannot quantize "

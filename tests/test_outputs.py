@@ -12,8 +12,8 @@ from calibration.record import CalibrationRecord
 from tqdit_export.cli import main
 from tqdit_export.models import save_dit
 
-FAST_CALIBRATION = ["--groups", "2", "--samples-per-group", "2", "--trajectory-steps", "5", "--rounds", "1",
-                    "--quiet", "--device", "cpu"]
+FAST_CALIBRATION = ["--method", "minmax", "--groups", "2", "--samples-per-group", "2", "--trajectory-steps", "5",
+                    "--rounds", "1", "--quiet", "--device", "cpu"]  # no search: these tests are about the folders
 
 
 @pytest.fixture(scope="module")
