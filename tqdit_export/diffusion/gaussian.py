@@ -48,10 +48,6 @@ class GaussianDiffusion:
         betas, kept = respaced_betas(steps, num_train_timesteps)
         return cls(betas, timestep_map=kept)
 
-    def training_timesteps(self, step: torch.Tensor) -> torch.Tensor:
-        """Map respaced step indices (N,) to the training timesteps the model expects."""
-        return torch.as_tensor(self.timestep_map, device=step.device)[step]
-
     # ---- forward process -------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
@@ -89,11 +85,6 @@ class GaussianDiffusion:
         return (
             _extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
             - _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps
-        )
-
-    def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0) / _extract(
-            self.sqrt_recipm1_alphas_cumprod, t, x_t.shape
         )
 
     # ---- training loss ---------------------------------------------------------------

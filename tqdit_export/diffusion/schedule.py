@@ -51,12 +51,6 @@ class SamplerConfig:
         """The respacing this sampler uses: the step count, or "ddimN"."""
         return f"ddim{self.steps}" if self.sampler == "ddim" else self.steps
 
-    def diffusion(self):
-        """The respaced torch `GaussianDiffusion` (imported here: this module stays torch-free)."""
-        from .gaussian import GaussianDiffusion
-
-        return GaussianDiffusion.respaced(self.spacing)
-
 
 def linear_betas(num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
     """Linear schedule of DDPM, scaled so any T spans the same noise range (1e-4..0.02 at T=1000)."""

@@ -25,27 +25,33 @@ def read_manifest(export_dir: str | Path) -> dict:
     return manifest
 
 
-def verified_file(folder: str | Path, name: str, sha256: str | None, what: str = "graph") -> Path:
-    """`folder / name`, checked against the sha256 its manifest holds: a file changed or replaced
-    after the tool wrote it is refused (a NaN scale edited into a graph would otherwise run)."""
+def _present(folder: str | Path, name: str, what: str) -> Path:
     path = Path(folder) / name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the {what} named by the manifest is missing; write the folder again")
-    if sha256 is not None and file_sha256(path) != sha256:
+    return path
+
+
+def _check_sha256(path: Path, found: str, expected: str | None, what: str) -> None:
+    if expected is not None and found != expected:
         raise ValueError(f"{path}: this {what} was changed after it was written (its sha256 differs from the "
                          "manifest's); write the folder again rather than editing it")
+
+
+def verified_file(folder: str | Path, name: str, sha256: str | None, what: str = "graph") -> Path:
+    """`folder / name`, checked against the sha256 its manifest holds: a file changed or replaced
+    after the tool wrote it is refused (a NaN scale edited into a graph would otherwise run)."""
+    path = _present(folder, name, what)
+    if sha256 is not None:
+        _check_sha256(path, file_sha256(path), sha256, what)
     return path
 
 
 def verified_bytes(folder: str | Path, name: str, sha256: str | None, what: str = "engine") -> bytes:
     """The bytes of `folder / name`, checked against the manifest's sha256 (read once, hashed in memory)."""
-    path = Path(folder) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the {what} named by the manifest is missing; write the folder again")
+    path = _present(folder, name, what)
     data = path.read_bytes()
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"{path}: this {what} was changed after it was written (its sha256 differs from the "
-                         "manifest's); write the folder again rather than editing it")
+    _check_sha256(path, hashlib.sha256(data).hexdigest(), sha256, what)
     return data
 
 
