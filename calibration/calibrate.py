@@ -13,12 +13,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .quantizers import fake_quant, gelu_negative_scale, initial_scale, minmax_scale, narrow_codes, softmax_mrq_scales
+from .forms import form, form_name, quantizer, site_quants
+from .quantizers import fake_quant, initial_scale, minmax_scale
 from .record import CalibrationRecord, model_fingerprint
 from .search import (
     METHODS,
     SearchSpace,
-    activation_quantizer,
     rule_scale,
     search_activation,
     search_weight_per_channel,
@@ -45,6 +45,10 @@ class CalibrationConfig:
     weight_rows: int = 2048  # rows over all groups for the per-channel weight search
     percentile: float = 99.99
     seed: int = 0
+    # MRQ form per skew (calibration.forms): "paper" (TQ-DiT's two regions) or the cheaper
+    # deployable form ("saturate" for post-softmax, "shift" for post-GELU operands).
+    softmax_mrq: str = "paper"
+    gelu_mrq: str = "paper"
     search: SearchSpace = field(default_factory=SearchSpace)
 
     def __post_init__(self) -> None:
@@ -53,8 +57,16 @@ class CalibrationConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: supported widths are {SUPPORTED_BITS}")
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} is unknown; choose one of {METHODS}")
-        if self.num_groups < 1 or self.rounds < 1 or self.max_rows < 1:
-            raise ValueError("num_groups, rounds and max_rows must be positive")
+        form_name("softmax", self.softmax_mrq)  # raises, naming the choices
+        form_name("gelu", self.gelu_mrq)
+        # Named as `tqdit calibrate` names them: that is where a user sets them.
+        for name, flag, what in (("num_groups", "--groups", "time group"), ("rounds", "--rounds", "round"),
+                                 ("max_rows", None, "row per site and group"),
+                                 ("weight_rows", None, "row for the weight search")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                given = f"{flag} {value} ({name})" if flag else f"{name}={value}"
+                raise ValueError(f"{given}: at least 1 {what} is needed")
 
     @property
     def groups(self) -> int:
@@ -63,6 +75,14 @@ class CalibrationConfig:
     @property
     def use_mrq(self) -> bool:
         return self.mrq and self.method == "tqdit"
+
+    def region(self, region: str) -> str:
+        """The region an operand marked `region` is calibrated with: uniform without MRQ, else the
+        configured form of its skew."""
+        base = form(region).base
+        if base == "uniform" or not self.use_mrq:
+            return "uniform"
+        return form_name(base, self.softmax_mrq if base == "softmax" else self.gelu_mrq)
 
     @property
     def use_ho(self) -> bool:
@@ -150,7 +170,9 @@ def _capture(model: nn.Module, sites: list[Site], batch: GroupData, loss_fn, cfg
     for site in sites:
         entry = raw[site.name]
         ops, grad = entry["operands"], entry["grad"]
-        absmax = {n: x.abs().amax() if site.region(n) != "gelu" else x.clamp(min=0).amax() for n, x in ops.items()}
+        # A GELU form's parameter is the positive region's step: the statistic is its maximum.
+        absmax = {n: x.clamp(min=0).amax() if form(site.region(n)).base == "gelu" else x.abs().amax()
+                  for n, x in ops.items()}
         pct = {n: _percentile(x, cfg.percentile, gen) for n, x in ops.items()} if cfg.method == "percentile" else {}
         if site.kind == "linear":
             rows = ops["input"].reshape(-1, ops["input"].shape[-1])
@@ -202,10 +224,13 @@ def calibrate(
             p.requires_grad_(r)
     if not config.tgq:
         caps, time_groups = _merge_captures(caps, gen), TimeGroups((0, time_groups.num_timesteps))
-    if config.use_mrq:
-        site_list = sites
-    else:
-        site_list = [Site(s.name, s.kind, {}) for s in sites]
+    site_list = [Site(s.name, s.kind, {op: region for op, r in s.regions.items()
+                                       if (region := config.region(r)) != "uniform"}) for s in sites]
+    for s in site_list:
+        for op, region in s.regions.items():
+            if form(region).linear_only and s.kind != "linear":
+                raise ValueError(f"{s.name}.{op}: the {region} form folds an offset into a linear layer's bias; "
+                                 f"{s.name} is a {s.kind}: choose another MRQ form for it")
     searcher = _Searcher(model, site_list, caps, config)
     searcher.run(progress)
     return CalibrationRecord(
@@ -238,7 +263,7 @@ class _Searcher:
                 if cfg.method in ("minmax", "percentile"):
                     params = [rule_scale(cfg.method, c[s.name].absmax[op], c[s.name].percentile.get(op), self.ab)
                               for c in caps]
-                elif region == "softmax":
+                elif form(region).base == "softmax":
                     params = [torch.tensor(2.0**-4) for _ in caps]
                 else:
                     params = [initial_scale(c[s.name].absmax[op], self.ab) for c in caps]
@@ -249,7 +274,7 @@ class _Searcher:
         return self.model.get_submodule(site.name).weight.detach()
 
     def _quant(self, site: Site, op: str, g: int, x: torch.Tensor) -> torch.Tensor:
-        return activation_quantizer(site.region(op), self.ab)(x, self.act[(site.name, op)][g].to(x.device))
+        return quantizer(site.region(op), self.ab)(x, self.act[(site.name, op)][g].to(x.device))
 
     def _hessian(self, cap: _Captured) -> torch.Tensor | None:
         return cap.grad2 if self.cfg.use_ho else None
@@ -302,56 +327,31 @@ class _Searcher:
         out = {f"{name}.weight.scale": s for name, s in self.w_scale.items()}
         for (name, op), p in self.act.items():
             region = next(s for s in self.sites if s.name == name).region(op)
-            prefix = f"{name}.{op}"
-            if region == "uniform":
-                out[f"{prefix}.scale"] = p
-            elif region == "softmax":
-                low, high = softmax_mrq_scales(p, self.ab)
-                out.update({f"{prefix}.boundary": p, f"{prefix}.scale_low": low, f"{prefix}.scale_high": high})
-            else:  # gelu
-                out.update({f"{prefix}.boundary": torch.zeros_like(p),
-                            f"{prefix}.scale_low": torch.full_like(p, gelu_negative_scale(self.ab)),
-                            f"{prefix}.scale_high": p})
+            out.update({f"{name}.{op}.{field}": t for field, t in form(region).tensors(p, self.ab).items()})
         return {k: v.detach().float().clone() for k, v in out.items()}
 
 
 def quantize_model(model: nn.Module, record: CalibrationRecord, reduce_range: bool = False,
-                   exact_sums: bool = False) -> tuple[nn.Module, GroupSelector]:
+                   exact_sums: bool = False, attention: bool = True) -> tuple[nn.Module, GroupSelector]:
     """A copy of `model` whose sites fake-quantize exactly as the exported graph computes.
 
     `reduce_range` mirrors an export for CPUs without VNNI: 8-bit weights and the second
     operand of activation x activation GEMMs keep their clipping range with 7-bit codes.
     `exact_sums` sums the GEMMs in float64, as integer kernels sum exactly (parity checks).
+    `attention=False` keeps Q·Kᵀ and A·V in float, as an export with `--attention float`.
+    It reads the record through `calibration.forms.site_quants`, as the ONNX export does.
     Returns the model and its `GroupSelector`: set the time group before each call.
     """
     record.check_model(model)
     qmodel = copy.deepcopy(model).eval()
     selector = GroupSelector(record.time_groups.num_groups)
-
-    def narrowed(scale: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
-        return narrow_codes(scale, bits) if reduce_range else (scale, bits)
-
-    for s in record.sites:
-        quantizers = {}
-        for op in s.activation_operands:
-            region = s.region(op)
-            if region == "uniform":
-                scale, bits = record.tensor(s.name, op, "scale"), record.activation_bits
-                if op == "b":  # the GEMM's B side, where the CPU kernel saturates like on weights
-                    scale, bits = narrowed(scale, bits)
-                quantizers[op] = ActivationQuantizer(region, bits, selector, scale=scale)
-            elif region == "softmax":
-                quantizers[op] = ActivationQuantizer(region, record.activation_bits, selector,
-                                                     boundary=record.tensor(s.name, op, "boundary"))
-            else:
-                quantizers[op] = ActivationQuantizer(region, record.activation_bits, selector,
-                                                     scale=record.tensor(s.name, op, "scale_high"))
-        module = qmodel.get_submodule(s.name)
-        if s.kind == "linear":
-            new = QuantLinear(module, quantizers["input"],
-                              *narrowed(record.tensor(s.name, "weight", "scale"), record.weight_bits))
+    for sq in site_quants(record, reduce_range, attention):
+        quantizers = {op: ActivationQuantizer(q, selector) for op, q in sq.operands.items()}
+        module = qmodel.get_submodule(sq.site.name)
+        if sq.site.kind == "linear":
+            new = QuantLinear(module, quantizers["input"], sq.weight_scale, sq.weight_bits)
         else:
             new = QuantMatMul(quantizers["a"], quantizers["b"])
         new.exact_sums = exact_sums
-        replace_module(qmodel, s.name, new)
+        replace_module(qmodel, sq.site.name, new)
     return qmodel, selector

@@ -1,14 +1,13 @@
-"""Quantizer math: symmetric uniform and two-region (MRQ) fake quantization.
+"""Quantizer math: symmetric uniform fake quantization (the MRQ forms built on it: `forms`).
 
 Only what a TensorRT/ONNX Q/DQ graph can execute is representable here: zero point 0,
 positive constant scales, integer codes in the signed range of `bits`
 ([-2^(b-1), 2^(b-1)-1]; 6 bits is int8 Q/DQ behind a Clip, exact). Rounding is
 half-to-even on x / s, as ONNX QuantizeLinear does.
 
-Two-region quantizers split a tensor into two parts by value, x = x_a + x_b, each with
-its own per-tensor scale; the consumer is linear, so W x = W x_a + W x_b is exported as
-two standard Q/DQ GEMMs summed (exact). Every value belongs to exactly one region and
-zero stays zero.
+Multi-region (MRQ) quantizers split a tensor into parts, each with its own per-tensor
+scale; the consumer is linear, so W x = W x_a + W x_b is exported as Q/DQ GEMMs summed
+(exact). `calibration.forms` defines them.
 """
 from __future__ import annotations
 
@@ -55,40 +54,3 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, bits: int, axis: int | None
         shape[axis] = -1
         scale = scale.view(shape)
     return torch.clamp(torch.round(x / scale), lo, hi) * scale
-
-
-def softmax_regions(x: torch.Tensor, boundary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split a post-softmax tensor at r: (values in [0, r), values in [r, 1])."""
-    low = x < boundary
-    return torch.where(low, x, torch.zeros_like(x)), torch.where(low, torch.zeros_like(x), x)
-
-
-def gelu_regions(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split a post-GELU tensor at 0: (negative part, non-negative part)."""
-    return torch.clamp(x, max=0.0), torch.clamp(x, min=0.0)
-
-
-def softmax_mrq_scales(boundary: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scales of the two softmax regions: the high region [r, 1] has the fixed step
-    1/(2^(b-1)-1); the low region [0, r) spans the same codes over r, so the step ratio is
-    r = 2^-i, a power of two."""
-    hi = qrange(bits)[1]
-    return boundary / hi, torch.ones_like(boundary) / hi
-
-
-def gelu_negative_scale(bits: int) -> float:
-    """Step of the negative GELU region: [GELU_MIN, 0) onto the negative codes."""
-    return -GELU_MIN / (2 ** (bits - 1))
-
-
-def fake_quant_softmax_mrq(x: torch.Tensor, boundary: torch.Tensor, bits: int) -> torch.Tensor:
-    """Two-region fake quantization of attention probabilities A in [0, 1]."""
-    s_low, s_high = softmax_mrq_scales(boundary, bits)
-    x_low, x_high = softmax_regions(x, boundary)
-    return fake_quant(x_low, s_low, bits) + fake_quant(x_high, s_high, bits)
-
-
-def fake_quant_gelu_mrq(x: torch.Tensor, scale_pos: torch.Tensor, bits: int) -> torch.Tensor:
-    """Two-region fake quantization of a post-GELU tensor (negative part with a fixed small step)."""
-    x_neg, x_pos = gelu_regions(x)
-    return fake_quant(x_neg, torch.tensor(gelu_negative_scale(bits)), bits) + fake_quant(x_pos, scale_pos, bits)

@@ -14,13 +14,8 @@ from typing import Callable
 
 import torch
 
-from .quantizers import (
-    fake_quant,
-    fake_quant_gelu_mrq,
-    fake_quant_softmax_mrq,
-    initial_scale,
-    minmax_scale,
-)
+from .forms import form, quantizer
+from .quantizers import fake_quant, initial_scale, minmax_scale
 
 METHODS = ("tqdit", "minmax", "percentile", "mse")
 
@@ -65,19 +60,10 @@ def weighted_error(o: torch.Tensor, o_hat: torch.Tensor, weight: torch.Tensor | 
     return e.sum(dim=[d for d in range(e.dim()) if d != channel_dim % e.dim()])
 
 
-def activation_quantizer(region: str, bits: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """x, parameter -> fake-quantized x. The parameter is the scale (uniform), the positive
-    region's scale (gelu) or the boundary r (softmax)."""
-    if region == "softmax":
-        return lambda x, r: fake_quant_softmax_mrq(x, r, bits)
-    if region == "gelu":
-        return lambda x, s: fake_quant_gelu_mrq(x, s, bits)
-    return lambda x, s: fake_quant(x, s, bits)
-
-
 def activation_candidates(region: str, x_absmax: torch.Tensor, bits: int, space: SearchSpace) -> torch.Tensor:
-    """The parameters the search tries for one activation operand."""
-    if region == "softmax":
+    """The parameters the search tries for one activation operand (`calibration.forms`: the
+    step, or a softmax form's boundary r)."""
+    if form(region).base == "softmax":
         return torch.tensor([2.0**-i for i in range(space.softmax_exponents)])
     return space.multipliers() * initial_scale(x_absmax, bits).cpu()
 
@@ -97,7 +83,7 @@ def search_activation(
     `output_of(x_hat)` computes the layer output from a quantized operand (the other operand
     already quantized); `target` is the float output.
     """
-    quant = activation_quantizer(region, bits)
+    quant = quantizer(region, bits)
     on_cpu = activation_candidates(region, x_absmax, bits, space)
     candidates = on_cpu.to(x.device)
     weight = fisher_or_plain(weight)

@@ -13,9 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .quantizers import fake_quant, fake_quant_gelu_mrq, fake_quant_softmax_mrq
-
-REGIONS = ("uniform", "softmax", "gelu")
+from .forms import REGIONS, OperandQuant
+from .quantizers import fake_quant
 
 
 class MatMul(nn.Module):
@@ -31,7 +30,7 @@ class Site:
 
     name: str
     kind: str  # "linear" | "matmul"
-    regions: dict[str, str] = field(default_factory=dict)  # operand -> uniform|softmax|gelu
+    regions: dict[str, str] = field(default_factory=dict)  # operand -> a region of calibration.forms.REGIONS
 
     @property
     def activation_operands(self) -> tuple[str, ...]:
@@ -83,23 +82,14 @@ class GroupSelector:
 
 
 class ActivationQuantizer(nn.Module):
-    """Per-time-group fake quantization of one activation operand (uniform or two-region)."""
+    """Per-time-group fake quantization of one activation operand, as its `OperandQuant` reads."""
 
-    def __init__(self, region: str, bits: int, selector: GroupSelector, scale: torch.Tensor | None = None,
-                 boundary: torch.Tensor | None = None) -> None:
+    def __init__(self, quant: OperandQuant, selector: GroupSelector) -> None:
         super().__init__()
-        self.region, self.bits, self.selector = region, bits, selector
-        # uniform: scale (G,); softmax: boundary r (G,); gelu: scale of the positive region (G,).
-        self.register_buffer("scale", scale)
-        self.register_buffer("boundary", boundary)
+        self.quant, self.selector = quant, selector
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.selector.group
-        if self.region == "softmax":
-            return fake_quant_softmax_mrq(x, self.boundary[g], self.bits)
-        if self.region == "gelu":
-            return fake_quant_gelu_mrq(x, self.scale[g], self.bits)
-        return fake_quant(x, self.scale[g], self.bits)
+        return self.quant.fake_quant(x, self.selector.group)
 
 
 # Integer GEMMs sum their products exactly (int32) and scale afterwards; float32 sums of the

@@ -2,15 +2,8 @@
 import pytest
 import torch
 
-from calibration.quantizers import (
-    GELU_MIN,
-    fake_quant,
-    fake_quant_gelu_mrq,
-    fake_quant_softmax_mrq,
-    initial_scale,
-    qrange,
-    softmax_mrq_scales,
-)
+from calibration.forms import FORMS, quantizer
+from calibration.quantizers import GELU_MIN, fake_quant, initial_scale, qrange
 from calibration.search import SearchSpace, fisher_or_plain, search_activation, weighted_error
 from calibration.time_groups import TimeGroups
 
@@ -43,21 +36,52 @@ def test_rounding_is_half_to_even_on_x_over_s():
 def test_softmax_mrq_regions_are_exclusive_and_zero_stays_zero():
     r = torch.tensor(2.0**-5)
     x = torch.tensor([0.0, 0.001, r.item() * 0.99, r.item(), 0.5, 1.0])
-    q = fake_quant_softmax_mrq(x, r, 8)
+    q = quantizer("softmax", 8)(x, r)
     assert q[0] == 0  # the public code's sum of clamps would give ~r here
-    low, high = softmax_mrq_scales(r, 8)
+    t = FORMS["softmax"].tensors(r.reshape(1), 8)
+    low, high = t["scale_low"], t["scale_high"]
     assert torch.isclose(high, torch.tensor(1 / 127)) and torch.isclose(low / high, r)
     # Small values get the fine step, large ones the coarse step.
     assert abs(q[1] - 0.001) <= low / 2 and abs(q[4] - 0.5) <= high / 2
     assert q[5] == 1.0
 
 
+@pytest.mark.parametrize("bits", [6, 8])
+def test_saturating_softmax_form_keeps_the_low_region_and_refines_the_high_one(bits):
+    r = torch.tensor(2.0**-4)
+    x = torch.cat([torch.linspace(0, 1, 2001), torch.rand(5000) ** 6])
+    paper, saturate = quantizer("softmax", bits)(x, r), quantizer("softmax-saturate", bits)(x, r)
+    low = x < r
+    # Below r the two forms are the same quantizer; at and above r the saturating form's step
+    # (1 - r)/qmax is finer than the paper's 1/qmax, and r itself is exact.
+    assert torch.equal(paper[low], saturate[low])
+    qmax = qrange(bits)[1]
+    assert (saturate[~low] - x[~low]).abs().max() <= (1 - r) / qmax / 2 + 1e-6
+    assert (saturate[~low] - x[~low]).abs().max() < (paper[~low] - x[~low]).abs().max()
+    assert saturate[x == r.item()].eq(r).all() and saturate[x == 0].eq(0).all()
+
+
 def test_gelu_mrq_negative_region_covers_the_gelu_minimum():
     x = torch.tensor([GELU_MIN, -0.05, 0.0, 0.3, 2.0])
-    q = fake_quant_gelu_mrq(x, torch.tensor(2.0 / 127), 8)
+    q = quantizer("gelu", 8)(x, torch.tensor(2.0 / 127))
     assert q[2] == 0
     torch.testing.assert_close(q[:2], x[:2], atol=0.17 / 256, rtol=0)
     torch.testing.assert_close(q[3:], x[3:], atol=1 / 127, rtol=0)
+
+
+@pytest.mark.parametrize("bits", [6, 8])
+def test_shifted_gelu_form_spans_the_gelu_range_with_every_code(bits):
+    step = torch.tensor(2.0 / qrange(bits)[1])  # the positive region's step: hi = 2.0
+    t = {k: v.item() for k, v in FORMS["gelu-shift"].tensors(step.reshape(1), bits).items()}
+    x = torch.linspace(GELU_MIN, 2.0, 4001)
+    q = quantizer("gelu-shift", bits)(x, step)
+    hi = qrange(bits)[1]
+    codes = (q - t["offset"]) / t["scale"]
+    torch.testing.assert_close(codes, codes.round(), atol=1e-3, rtol=0)
+    # [GELU_MIN, 2] lands on the symmetric codes [-qmax, qmax]: one GEMM, about half the step.
+    assert codes.round().min() == -hi and codes.round().max() == hi
+    assert (q - x).abs().max() <= t["scale"] / 2 + 1e-6
+    assert t["scale"] < step.item() * 0.6
 
 
 def test_initial_scale_is_positive_even_for_zero_input():

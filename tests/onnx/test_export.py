@@ -11,6 +11,7 @@ from tqdit_export.diffusion import SamplerConfig, sample
 from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.eval import paired_psnr
 from tqdit_export.onnx import export_dit, qdq_model
+from calibration.forms import OperandQuant, Part
 from tqdit_export.onnx.qdq import ActivationQDQ, GroupInput
 from tqdit_export.quant import FakeQuantBackend
 
@@ -164,10 +165,28 @@ def test_single_layout_codes_are_bit_identical_to_the_per_group_codes(bits):
     table = [0.0123, 0.0371, 0.00517, 0.0291]
     x = torch.randn(2_000_000) * 0.5
     group = GroupInput()
-    single = ActivationQDQ("uniform", bits, group, scale=table)
+    quant = OperandQuant("site", "input", "uniform", bits, (Part("all", tuple(table)),))
+    single = ActivationQDQ(quant, group)
     for g, scale in enumerate(table):
         group.set(torch.tensor(g))
         [(codes, restore)] = single(x)
-        [(per_group, _)] = ActivationQDQ("uniform", bits, g, scale=table)(x)
+        [(per_group, _)] = ActivationQDQ(quant, g)(x)
         assert torch.equal(codes, torch.round(per_group / scale))
         assert restore.item() == torch.tensor(scale).item()
+
+
+def test_cheap_mrq_forms_leave_no_compare_and_one_fc2_gemm(exported):
+    # The saturating softmax form needs no Less/Where; the shifted GELU form quantizes the
+    # fc2 input once (one GEMM, its offset in the bias) where the paper's form has two.
+    record, out, manifest = exported
+    regions = {r for s in record.sites for r in s.regions.values()}
+    graph = onnx.load(str(out / manifest["graphs"][0]["file"])).graph
+    ops = [n.op_type for n in graph.node]
+    blocks = record.model_config["depth"]
+    matmuls = ops.count("MatMul")
+    if regions == {"softmax-saturate", "gelu-shift"}:
+        assert "Where" not in ops and "Less" not in ops
+        assert matmuls == blocks * (4 + 1 + 2) + 1  # qkv, proj, fc1, fc2; Q·Kᵀ; two A·V; final
+    else:
+        assert regions == {"softmax", "gelu"} and "Where" in ops
+        assert matmuls == blocks * (4 + 1 + 1 + 2) + 1

@@ -34,7 +34,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from calibration.quantizers import narrow_codes
+from calibration.forms import site_quants
 from calibration.record import CalibrationRecord
 
 from ..hardware import cpu_has_vnni
@@ -44,7 +44,7 @@ from .lint import LintError, lint_model
 from .manifest import MANIFEST, MANIFEST_VERSION
 from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-from .qdq import PRECISIONS, GroupInput, PluginGroupInput, QDQLinear, QDQMatMul, activation_qdq
+from .qdq import PRECISIONS, ActivationQDQ, GroupInput, PluginGroupInput, QDQLinear, QDQMatMul
 
 INT8_OPSET = 17  # ONNX Runtime refuses int8 Q/DQ graphs at opset >= 21 with optimizations on
 INT4_OPSET = 21  # the first opset whose DequantizeLinear takes int4 weights
@@ -52,34 +52,31 @@ FP8_OPSET = 19  # the first opset whose Q/DQ take float8e4m3fn
 
 
 def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
-              weight_reduce_range: bool = False, precision: str = "int8") -> nn.Module:
+              weight_reduce_range: bool = False, precision: str = "int8", attention: bool = True) -> nn.Module:
     """A copy of `model` whose sites are Q/DQ export modules: the scales of time `group`, or
     of every group selected at run time through a `GroupInput` (single layout).
 
+    The record is read through `calibration.forms.site_quants`, as the fake-quant model reads it.
     `weight_reduce_range` keeps the clipping range of the weights, and of the second
     operand of activation x activation GEMMs (the kernel's B side), but uses 7-bit codes
     (step x 127/63): ONNX Runtime's u8 x s8 CPU kernel without VNNI adds pairs of products in
     saturating int16, which full-range int8 B operands overflow.
     `precision="fp8"`: float8e4m3fn activations and weights over the record's clipping ranges.
+    `attention=False` keeps Q·Kᵀ and A·V as float MatMuls.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
     weight_reduce_range = weight_reduce_range and precision == "int8"
     record.check_model(model)
     qmodel = copy.deepcopy(model).eval()
-    for site in record.sites:
-        module = qmodel.get_submodule(site.name)
-        if site.kind == "linear":
-            w_scale, w_bits = record.tensor(site.name, "weight", "scale"), record.weight_bits
-            if weight_reduce_range:
-                w_scale, w_bits = narrow_codes(w_scale, w_bits)
-            new = QDQLinear(module, activation_qdq(record, site, "input", group, precision=precision), w_scale, w_bits,
-                            precision)
+    for sq in site_quants(record, weight_reduce_range, attention):
+        module = qmodel.get_submodule(sq.site.name)
+        acts = {op: ActivationQDQ(q, group, precision) for op, q in sq.operands.items()}
+        if sq.site.kind == "linear":
+            new = QDQLinear(module, acts["input"], sq.weight_scale, sq.weight_bits, precision)
         else:
-            new = QDQMatMul(activation_qdq(record, site, "a", group, precision=precision),
-                            activation_qdq(record, site, "b", group, reduce_range=weight_reduce_range,
-                                           precision=precision))
-        parent, _, child = site.name.rpartition(".")
+            new = QDQMatMul(acts["a"], acts["b"])
+        parent, _, child = sq.site.name.rpartition(".")
         setattr(qmodel.get_submodule(parent) if parent else qmodel, child, new)
     return qmodel
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from calibration.quantizers import fake_quant, gelu_negative_scale, narrow_codes, qrange
+from calibration.forms import OperandQuant, select
+from calibration.quantizers import fake_quant, qrange
 from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 PRECISIONS = ("int8", "fp8")
@@ -149,9 +150,11 @@ class PluginGroupInput(GroupInput):
 
 
 class ActivationQDQ(nn.Module):
-    """One activation operand: uniform or two-region, for a fixed time group or all of them.
+    """One activation operand, as `calibration.forms.OperandQuant` reads it from the record, for
+    a fixed time group or for all of them.
 
-    With a fixed `group` (per-group layout) every scale is a graph constant. With a
+    Each part of the operand (its selection of x, then Q/DQ) becomes graph nodes. With a fixed
+    `group` (per-group layout) every scale and threshold is a graph constant. With a
     `GroupInput` (single layout) each part is rescaled at run time,
         x * r_g -> Q/DQ(s0) -> GEMM -> * 1/r_g,   with s0 = 1 and r_g = 1/s_g,
     which equals Q/DQ with scale s_g while the Q/DQ scale stays the constant that TensorRT
@@ -163,80 +166,58 @@ class ActivationQDQ(nn.Module):
     With a `PluginGroupInput` (plugin layout) the plugin does the division on the device,
         TimeGroupQuantize(x, g) -> int8 codes -> DQ(1) -> GEMM -> * s_g.
     `forward` returns the quantized parts whose GEMMs are summed, each with the factor its
-    GEMM output is multiplied by (None for 1).
+    GEMM output is multiplied by (None for 1); `offset` is what the consumer adds back.
+    `precision="fp8"`: float8e4m3fn codes over the same clipping ranges (thresholds unchanged).
     """
 
-    def __init__(self, region: str, bits: int | str, group: int | GroupInput, scale: list[float] | None = None,
-                 boundary: list[float] | None = None, scale_low: list[float] | None = None,
-                 scale_high: list[float] | None = None) -> None:
+    def __init__(self, quant: OperandQuant, group: int | GroupInput, precision: str = "int8") -> None:
         super().__init__()
-        if bits == "fp8" and isinstance(group, GroupInput) and group.plugin:
+        fp8 = precision == "fp8"
+        if fp8 and isinstance(group, GroupInput) and group.plugin:
             raise ValueError("the TimeGroupQuantize plugin writes int8 codes; export FP8 with the per-group "
                              "or single layout")
-        self.region, self.bits, self.group = region, bits, group
-        self.tables = {"scale": scale, "boundary": boundary, "scale_low": scale_low, "scale_high": scale_high}
-        for name, table in self.tables.items():
-            if table is not None and isinstance(group, GroupInput):
-                t = torch.tensor(table, dtype=torch.float32)
-                self.register_buffer(f"{name}_table", t)
+        self.quant, self.group = quant, group
+        self.codes = "fp8" if fp8 else quant.bits
+        # Per part: its selection and per-group tables (FP8 steps keep the integer clipping range).
+        self.parts = [(p.selection, [fp8_scale(v, quant.bits) for v in p.scale] if fp8 else list(p.scale),
+                       None if p.threshold is None else list(p.threshold)) for p in quant.parts]
+        if isinstance(group, GroupInput):
+            for i, (_, scale, threshold) in enumerate(self.parts):
+                self.register_buffer(f"scale_{i}", torch.tensor(scale, dtype=torch.float32))
+                if threshold is not None:
+                    self.register_buffer(f"threshold_{i}", torch.tensor(threshold, dtype=torch.float32))
 
-    def _value(self, name: str):
-        if isinstance(self.group, GroupInput):
-            return getattr(self, f"{name}_table")[self.group.index]
-        return self.tables[name][self.group]
-
-    def _part(self, x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        table = self.tables[name]
+    def _value(self, name: str, table: list[float]):
+        """A per-group value: a constant for a fixed group (or one shared by all groups), else
+        gathered from the buffer `name` at the graph's time group."""
         if not isinstance(self.group, GroupInput):
-            return qdq(x, table[self.group], self.bits), None
+            return table[self.group]
+        if len(set(table)) == 1:
+            return table[0]
+        return getattr(self, name)[self.group.index]
+
+    def _part(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        selection, table, threshold = self.parts[i]
+        x = select(x, selection, None if threshold is None else self._value(f"threshold_{i}", threshold))
+        if not isinstance(self.group, GroupInput):
+            return qdq(x, table[self.group], self.codes), None
         if len(set(table)) == 1:  # the same scale in every group: a plain constant Q/DQ
-            return qdq(x, table[0], self.bits), None
-        scale = self._value(name)
+            return qdq(x, table[0], self.codes), None
+        scale = self._value(f"scale_{i}", table)
         if self.group.plugin:
-            return _DequantCodes.apply(_TimeGroupQuantize.apply(x, self.group.index, tuple(table), self.bits)), scale
-        return qdq(x / scale, 1.0, self.bits), scale
+            return _DequantCodes.apply(_TimeGroupQuantize.apply(x, self.group.index, tuple(table), self.codes)), scale
+        return qdq(x / scale, 1.0, self.codes), scale
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        if self.region == "uniform":
-            return [self._part(x, "scale")]
-        if self.region == "softmax":
-            low = x < self._value("boundary")
-            zero = torch.zeros_like(x)
-            return [self._part(torch.where(low, x, zero), "scale_low"),
-                    self._part(torch.where(low, zero, x), "scale_high")]
-        return [self._part(torch.clamp(x, max=0.0), "scale_low"), self._part(torch.clamp(x, min=0.0), "scale_high")]
-
-
-def activation_qdq(record, site, operand: str, group: int | GroupInput, reduce_range: bool = False,
-                   precision: str = "int8") -> ActivationQDQ:
-    """The Q/DQ of `operand` of `site`, read from a CalibrationRecord, for one time group or all.
-
-    `reduce_range` (uniform 8-bit operands only) keeps the clipping range with 7-bit codes.
-    `precision="fp8"`: float8e4m3fn codes over the same clipping ranges (MRQ boundaries unchanged).
-    """
-    region, bits = site.region(operand), record.activation_bits
-
-    def table(name: str) -> list[float]:
-        values = [float(v) for v in record.tensor(site.name, operand, name)]
-        return [fp8_scale(v, bits) for v in values] if precision == "fp8" else values
-
-    codes = "fp8" if precision == "fp8" else bits
-    if region == "uniform":
-        scale = table("scale")
-        if reduce_range and precision == "int8":
-            factor, codes = narrow_codes(1.0, bits)
-            scale = [s * factor for s in scale]
-        return ActivationQDQ(region, codes, group, scale=scale)
-    low = table("scale_low")
-    if region == "gelu":
-        low = [gelu_negative_scale(bits)] * len(low)
-        low = [fp8_scale(v, bits) for v in low] if precision == "fp8" else low
-    boundary = [float(v) for v in record.tensor(site.name, operand, "boundary")]
-    return ActivationQDQ(region, codes, group, boundary=boundary, scale_low=low, scale_high=table("scale_high"))
+        return [self._part(x, i) for i in range(len(self.parts))]
 
 
 class QDQLinear(nn.Module):
-    """Linear layer as Q/DQ input part(s) x DQ(int8 or float8e4m3fn weight) + bias."""
+    """Linear layer as Q/DQ input part(s) x DQ(int8 or float8e4m3fn weight) + bias.
+
+    An operand with an offset c (the shifted GELU form) adds W_hat c, folded into the bias:
+    a constant per time group (gathered from a (G, out) table in the single layout).
+    """
 
     def __init__(self, linear: nn.Linear, act: ActivationQDQ, weight_scale: torch.Tensor, weight_bits: int,
                  precision: str = "int8") -> None:
@@ -253,6 +234,20 @@ class QDQLinear(nn.Module):
         self.register_buffer("weight_scale", weight_scale.detach().float().clone())
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.act = act
+        self.offset = act.quant.offset
+        if self.offset is not None:
+            # W_hat c with W_hat the dequantized weight, summed in float64, plus the bias: (G, out).
+            w_hat = codes.double() * self.weight_scale.double()[:, None]
+            bias = torch.zeros(w_hat.shape[0], dtype=torch.float64) if self.bias is None else self.bias.double()
+            table = bias[None, :] + torch.tensor(self.offset, dtype=torch.float64)[:, None] * w_hat.sum(dim=1)[None, :]
+            self.register_buffer("bias_table", table.float())
+
+    def _bias(self) -> torch.Tensor | None:
+        if self.offset is None:
+            return self.bias
+        if not isinstance(self.act.group, GroupInput):
+            return self.bias_table[self.act.group]
+        return self.bias_table[self.act.group.index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = _DequantWeight.apply(self.weight_codes, self.weight_scale)
@@ -261,7 +256,8 @@ class QDQLinear(nn.Module):
             y = part @ w
             y = y if restore is None else y * restore
             out = y if out is None else out + y
-        return out if self.bias is None else out + self.bias
+        bias = self._bias()
+        return out if bias is None else out + bias
 
 
 class QDQMatMul(nn.Module):
@@ -269,6 +265,10 @@ class QDQMatMul(nn.Module):
 
     def __init__(self, a: ActivationQDQ, b: ActivationQDQ) -> None:
         super().__init__()
+        for q in (a, b):
+            if q.quant.offset is not None:
+                raise ValueError(f"{q.quant.site}.{q.quant.operand}: the {q.quant.region} form has an offset, which "
+                                 "only a linear layer can fold into its bias")
         self.qa, self.qb = a, b
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
