@@ -96,39 +96,75 @@ class CalibrationRecord:
             (tmp / RECORD_JSON).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
         return Path(folder)
 
+    def fingerprint(self) -> str:
+        """sha256 of the record as it is saved: its canonical JSON, then every tensor (name, shape,
+        float32 bytes) in name order. A record and the same record read back give the same one, so
+        an export can name the record it was made from (`manifest.json` "record_fingerprint")."""
+        # One JSON round trip first: what is saved and read back (int keys become strings, tuples lists).
+        canonical = json.dumps(json.loads(json.dumps(self.to_json())), sort_keys=True, separators=(",", ":"))
+        h = hashlib.sha256(canonical.encode())
+        for name, tensor in sorted(self.tensors.items()):
+            t = tensor.detach().cpu().float().contiguous()
+            h.update(f"|{name}|{tuple(t.shape)}|".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
     @classmethod
     def load(cls, folder: str | Path, model: nn.Module | None = None) -> "CalibrationRecord":
-        """Read a record folder; with `model`, also check it is the calibrated model."""
+        """Read a record folder; with `model`, also check it is the calibrated model.
+
+        A `record.json` that is not JSON or lacks a field, or a `scales.safetensors` cut short or
+        not of this record, is a ValueError that names the file and says to calibrate again.
+        """
         folder = Path(folder)
         meta_path, scales_path = folder / RECORD_JSON, folder / SCALES_FILE
-        if not meta_path.exists() or not scales_path.exists():
+        if not meta_path.is_file() or not scales_path.is_file():
             raise FileNotFoundError(
                 f"{folder}: not a calibration record (needs {RECORD_JSON} and {SCALES_FILE}); "
                 "create one with `tqdit calibrate --out DIR`"
             )
-        meta = json.loads(meta_path.read_text())
+        meta = _read_meta(meta_path)
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"{meta_path}: schema version {meta.get('schema_version')} is not "
                              f"{SCHEMA_VERSION}; re-run the calibration with this version")
-        sites = [
-            Site(name, spec["kind"], {op: o["region"] for op, o in spec["operands"].items()
-                                      if op != "weight" and o["region"] != "uniform"})
-            for name, spec in meta["sites"].items()
-        ]
+        edges = _entry(meta_path, meta, "time_groups", "edges", kind=list)
+        if not all(isinstance(e, int) and not isinstance(e, bool) for e in edges):
+            raise ValueError(f"{meta_path}: time_groups.edges {edges} are not all integers; {_again(folder)}")
+        try:
+            time_groups = TimeGroups(tuple(edges))
+        except ValueError as err:
+            raise ValueError(f"{meta_path}: {err}; {_again(folder)}") from err
         record = cls(
-            model_config=meta["model"]["config"],
-            model_hash=meta["model"]["weights_sha256"],
-            weight_bits=meta["bits"]["weights"],
-            activation_bits=meta["bits"]["activations"],
-            time_groups=TimeGroups(tuple(meta["time_groups"]["edges"])),
-            sites=sites,
-            tensors=load_file(str(scales_path)),
-            method=meta.get("method", {}),
+            model_config=_entry(meta_path, meta, "model", "config", kind=dict),
+            model_hash=_entry(meta_path, meta, "model", "weights_sha256", kind=str),
+            weight_bits=_bits(meta_path, meta, "weights"),
+            activation_bits=_bits(meta_path, meta, "activations"),
+            time_groups=time_groups,
+            sites=_read_sites(meta_path, meta),
+            tensors=_read_tensors(scales_path),
+            method=_entry(meta_path, meta, "method", kind=dict) if "method" in meta else {},
         )
+        record._check_tensors(scales_path)
         record.check_scales(scales_path)
         if model is not None:
             record.check_model(model)
         return record
+
+    def _check_tensors(self, source: Path) -> None:
+        """Raise unless every tensor is a float32 vector of a site of record.json (and the activation
+        ones hold one value per time group): a file of another record, or edited, is refused."""
+        names = {s.name for s in self.sites}
+        groups = self.time_groups.num_groups
+        for key, value in sorted(self.tensors.items()):
+            parts = key.rsplit(".", 2)
+            if len(parts) != 3 or parts[0] not in names:
+                raise ValueError(f"{source}: tensor {key!r} belongs to no site of {RECORD_JSON}; "
+                                 f"{_again(source.parent)}")
+            expected = None if parts[1] == "weight" else groups
+            if value.dtype != torch.float32 or value.ndim != 1 or (expected is not None and len(value) != expected):
+                want = f"float32 ({expected},)" if expected is not None else "a float32 vector"
+                raise ValueError(f"{source}: tensor {key!r} is {str(value.dtype).removeprefix('torch.')} "
+                                 f"{tuple(value.shape)}, expected {want}; {_again(source.parent)}")
 
     def check_scales(self, source: str | Path = SCALES_FILE) -> None:
         """Raise unless every scale is finite and strictly positive (an MRQ boundary too; a GELU
@@ -140,3 +176,66 @@ class CalibrationRecord:
                 raise ValueError(f"{source}: {key} holds {int(bad.sum())} scale(s) that are 0, negative, NaN or "
                                  f"infinite (e.g. {value[bad].flatten()[0].item()}); this record cannot quantize "
                                  "anything: calibrate again (tqdit calibrate)")
+
+
+def _again(folder: Path) -> str:
+    return f"this is not a record `tqdit calibrate` wrote (cut short or edited?): calibrate again with --out {folder}"
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not JSON ({err}); {_again(path.parent)}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: holds a JSON {type(meta).__name__}, expected an object; {_again(path.parent)}")
+    return meta
+
+
+def _entry(path: Path, meta: dict, *keys: str, kind: type = object):
+    """meta[keys[0]][keys[1]]..., or a ValueError naming the missing or mistyped field."""
+    value = meta
+    for i, key in enumerate(keys):
+        if not isinstance(value, dict) or key not in value:
+            raise ValueError(f"{path}: no field {'.'.join(keys[:i + 1])!r}; {_again(path.parent)}")
+        value = value[key]
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: field {'.'.join(keys)!r} is a {type(value).__name__}, expected a "
+                         f"{kind.__name__}; {_again(path.parent)}")
+    return value
+
+
+def _bits(path: Path, meta: dict, operand: str) -> int:
+    bits = _entry(path, meta, "bits", operand, kind=int)
+    if isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise ValueError(f"{path}: bits.{operand} = {bits!r}, expected a width of 2..8 bits; {_again(path.parent)}")
+    return bits
+
+
+def _read_sites(path: Path, meta: dict) -> list[Site]:
+    sites = []
+    for name, spec in _entry(path, meta, "sites", kind=dict).items():
+        where = f"sites.{name}"
+        kind = _entry(path, meta, "sites", name, "kind", kind=str)
+        if kind not in ("linear", "matmul"):
+            raise ValueError(f"{path}: {where}.kind is {kind!r}, expected 'linear' or 'matmul'; {_again(path.parent)}")
+        site = Site(name, kind, {})
+        operands = _entry(path, meta, "sites", name, "operands", kind=dict)
+        allowed = {"weight"} if kind == "linear" else set()
+        unknown = sorted(set(operands) - allowed - set(site.activation_operands))
+        if unknown:
+            raise ValueError(f"{path}: {where} has operands {unknown}, which a {kind} site has not; "
+                             f"{_again(path.parent)}")
+        regions = {op: _entry(path, meta, "sites", name, "operands", op, "region", kind=str)
+                   for op in operands if op != "weight"}
+        sites.append(Site(name, kind, {op: r for op, r in regions.items() if r != "uniform"}))
+    return sites
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, RuntimeError) as err:  # cut short, a corrupt header, not safetensors
+        raise ValueError(f"{path}: not a readable safetensors file ({err}); {_again(path.parent)}") from err

@@ -23,6 +23,7 @@ from calibration.record import CalibrationRecord
 
 from .engines.ort_backend import OrtBackend
 from .models.dit import DiT
+from .onnx.manifest import check_record, read_manifest
 from .quant import FakeQuantBackend, collect_calibration_data
 
 
@@ -88,13 +89,15 @@ def _torch_runner(backend, takes_time_group: bool):
 
 def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, samples: int = 8, seed: int = 0,
                  tolerance: float = 1e-2, clip_denoised: bool = False, reduce_range: bool | None = None,
-                 data: list | None = None) -> list[GroupParity]:
+                 data: list | None = None, record_dir: str | Path | None = None) -> list[GroupParity]:
     """Compare ORT over `onnx_dir` with the fake-quant model, group by group, on calibration inputs.
 
     `reduce_range=None` gives the fake-quant model the export's weight widths (its manifest);
     False compares a 7-bit export with the 8-bit model as calibrated. `data`: the calibration
     inputs per group (`collect_calibration_data`), when several checks share them; by default
-    `samples` points per group drawn from `seed`."""
+    `samples` points per group drawn from `seed`. An export of another record than `record`
+    (read from `record_dir`, named in the message) is refused before anything runs: the errors
+    would measure the difference between two records, not the export."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.comparator import Comparator
     from polygraphy.comparator.compare import SimpleCompareFunc
@@ -102,6 +105,7 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
 
     G_LOGGER.module_severity = G_LOGGER.WARNING  # one summary line per group is printed by the caller
 
+    check_record(read_manifest(onnx_dir), onnx_dir, record, record_dir)
     ort_backend = OrtBackend(onnx_dir)
     fp8 = ort_backend.manifest.get("precision") == "fp8"
     # An export with 7-bit weight codes (CPUs without VNNI) is compared with the same widths.

@@ -16,6 +16,7 @@ import torch
 from calibration.search import METHODS
 
 from .diffusion import SAMPLERS, SamplerConfig, sample
+from .errors import UsageError, run_command
 from .io import atomic_folder, check_output_file, check_output_folder, load_samples, save_samples, write_json
 
 DEMO_JSON = "demo.json"  # the marker of a demo folder, written last
@@ -34,8 +35,32 @@ def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
+        raise UsageError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
     return name
+
+
+# What each count flag counts, for the message that refuses a value below 1.
+COUNT_FLAGS = {
+    "num": "samples to draw",
+    "steps": "sampling steps",
+    "groups": "time groups on [0, 1000); default 10",
+    "samples_per_group": "calibration samples per time group; default 32",
+    "rounds": "alternating weight/activation search rounds; default 3",
+    "trajectory_steps": "DDPM steps of the calibration trajectories; default 100",
+}
+
+
+def check_counts(args: argparse.Namespace, *names: str) -> None:
+    """Refuse a count flag below 1 (or --groups above the 1000 training timesteps), naming the flag."""
+    from .diffusion import NUM_TRAIN_TIMESTEPS
+
+    for name in names:
+        value = getattr(args, name)
+        flag = "--" + name.replace("_", "-")
+        if value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1 ({COUNT_FLAGS[name]})")
+        if name == "groups" and value > NUM_TRAIN_TIMESTEPS:
+            raise UsageError(f"{flag} {value}: at most {NUM_TRAIN_TIMESTEPS}, one time group per training timestep")
 
 
 def make_backend(args: argparse.Namespace, model, device: str):
@@ -48,20 +73,21 @@ def make_backend(args: argparse.Namespace, model, device: str):
 
         record = CalibrationRecord.load(args.record, model)
     if args.backend in ("ort", "trt") and args.onnx is None:
-        raise SystemExit(f"--backend {args.backend} needs --onnx DIR, a folder written by `tqdit export`")
+        raise UsageError(f"--backend {args.backend} needs --onnx DIR, a folder written by `tqdit export`")
+    if args.backend == "trt" and record is None:
+        raise UsageError("--backend trt builds the quantized graphs: give --record too")
+    if args.backend in ("ort", "trt") and record is not None:  # before any session or engine is built
+        from .onnx.manifest import check_record, read_manifest
+
+        check_record(read_manifest(args.onnx), args.onnx, record, args.record)
     if args.backend == "trt":
         from .engines.trt_backend import TrtBackend
 
-        if record is None:
-            raise SystemExit("--backend trt builds the quantized graphs: give --record too")
         return TrtBackend(args.onnx)
     if args.backend == "ort":
         from .engines.ort_backend import OrtBackend
 
-        backend = OrtBackend(args.onnx, threads=torch.get_num_threads(), fp32=record is None)
-        if record is not None and backend.manifest["model"]["weights_sha256"] != record.model_hash:
-            raise SystemExit(f"--onnx {args.onnx} was exported from another model than --record {args.record}")
-        return backend
+        return OrtBackend(args.onnx, threads=torch.get_num_threads(), fp32=record is None)
     if record is not None:
         from .quant import FakeQuantBackend
 
@@ -72,12 +98,11 @@ def make_backend(args: argparse.Namespace, model, device: str):
 def cmd_sample(args: argparse.Namespace) -> int:
     from .models import resolve_model
 
-    if args.num < 1:
-        raise SystemExit("--num must be at least 1")
+    check_counts(args, "num")
     if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1 (or leave it out: all at once)")
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1 (or leave it out: all at once)")
     if args.out is None and args.save_npz is None:
-        raise SystemExit("nothing to write: give --out grid.png and/or --save-npz samples.npz")
+        raise UsageError("nothing to write: give --out grid.png and/or --save-npz samples.npz")
     for path in (args.out, args.save_npz):
         if path is not None:
             check_output_file(path)
@@ -85,7 +110,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model, device=device)
     cfg = resolved.model.config
     if args.out is not None and cfg.in_channels not in (1, 3):
-        raise SystemExit(
+        raise UsageError(
             f"--out: {resolved.name} makes {cfg.in_channels}-channel latents, not images; decode them with "
             "the model's VAE, or write them with --save-npz"
         )
@@ -145,8 +170,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .models import resolve_model
     from .quant import calibrate_dit, parse_bits
 
-    check_output_folder(args.out, RECORD_JSON)  # before minutes of calibration, not after
     w_bits, a_bits = parse_bits(args.bits)
+    check_counts(args, "groups", "samples_per_group", "rounds", "trajectory_steps")
+    check_output_folder(args.out, RECORD_JSON)  # before minutes of calibration, not after
     config = CalibrationConfig(weight_bits=w_bits, activation_bits=a_bits, num_groups=args.groups,
                                method=args.method, tgq=not args.no_tgq, mrq=not args.no_mrq, ho=not args.no_ho,
                                rounds=args.rounds, seed=args.seed)
@@ -207,11 +233,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .quant import calibrate_dit, parse_bits
 
     out = Path(args.out)
+    w_bits, a_bits = parse_bits(args.bits)
+    check_counts(args, "num", "steps", "samples_per_group")
     check_output_folder(out, DEMO_JSON)
     resolved = resolve_model(args.model)
     if resolved.dataset != "digits":
-        raise SystemExit(f"--model {args.model}: the demo evaluates digits models; use the step commands otherwise")
-    w_bits, a_bits = parse_bits(args.bits)
+        raise UsageError(f"--model {args.model}: the demo evaluates digits models; use the step commands otherwise")
     with atomic_folder(out, DEMO_JSON) as tmp:  # printed paths name `out`, where the files will be
         start = time.perf_counter()
         record = calibrate_dit(resolved.model, CalibrationConfig(w_bits, a_bits, seed=args.seed),
@@ -266,6 +293,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .models import resolve_model
     from .quant import calibrate_dit, parse_bits
 
+    if args.record is None:  # calibrating: its flags are checked before any output or work
+        parse_bits(args.bits)
+        check_counts(args, "groups", "samples_per_group", "rounds", "trajectory_steps")
     check_output_folder(args.out, BUILD_MANIFEST)
     resolved = resolve_model(args.model)
     command = "tqdit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["build"] else ""
@@ -320,7 +350,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model)
     record = CalibrationRecord.load(args.record, resolved.model)
     results = check_export(resolved.model, record, args.onnx, samples=args.samples, tolerance=args.tolerance,
-                           clip_denoised=resolved.pixel_space)
+                           clip_denoised=resolved.pixel_space, record_dir=args.record)
     print("| group | rel L2 (ORT vs torch fake-quant) | max abs | mean abs | Polygraphy median check |")
     print("|---|---|---|---|---|")
     for r in results:
@@ -354,7 +384,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_output_file(args.json)
     images, labels, meta = load_samples(args.samples)
     if meta.get("dataset") not in (None, "digits"):
-        raise SystemExit(
+        raise UsageError(
             f"--samples {args.samples}: samples of {meta.get('model')} ({meta.get('dataset')}); the bundled "
             "metrics cover the digits models only"
         )
@@ -378,6 +408,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tqdit", description="TQ-DiT quantization and deployment toolchain")
+    parser.add_argument("--debug", action="store_true", help="a traceback instead of the one-line error message")
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="draw class-conditional samples from a DiT")
@@ -502,23 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: 0 done, 1 a failed check, 2 bad input (a message, no traceback), 130 Ctrl-C."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError, KeyError, RuntimeError) as err:
-        print(f"tqdit {args.command}: error: {_error_message(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # every artifact is written atomically: an interrupted run leaves nothing
-        print(f"tqdit {args.command}: interrupted; nothing was written", file=sys.stderr)
-        return 130
-
-
-def _error_message(err: Exception) -> str:
-    """The message of an error; the file system's own (a full disk, a permission) as `path: reason`."""
-    if isinstance(err, OSError) and err.errno is not None and err.filename is not None:
-        paths = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else f"{err.filename}"
-        return f"{paths}: {err.strerror}"
-    return str(err)
+    return run_command(f"tqdit {args.command}", lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..diffusion.schedule import SAMPLERS, SamplerConfig
-from ..io import save_samples
+from ..errors import UsageError, run_command
+from ..io import check_output_file, save_samples
 from ..onnx.manifest import read_manifest
 from ..diffusion.loop import sample_numpy
 
@@ -36,8 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latent", action="store_true", help="latent-space model: do not clip x0 to [-1, 1]")
     p.add_argument("--out", type=Path, required=True, help=".npz of images (N,C,H,W) in [-1, 1] and labels")
+    p.add_argument("--debug", action="store_true", help="a traceback instead of the one-line error message")
     args = p.parse_args(argv)
+    return run_command(p.prog, lambda: run(args), debug=args.debug)
 
+
+def run(args: argparse.Namespace) -> int:
+    """Sample with the parsed arguments of `main`; bad input raises (`main` turns it into exit 2)."""
+    if args.num < 1:
+        raise UsageError(f"--num {args.num}: must be at least 1")
+    check_output_file(args.out)  # before the engines load and the sampling runs
     if args.engines:
         from .trt_runtime import TrtDenoiser, read_build
 
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     num_classes = int(config["num_classes"])
     labels = np.full(args.num, args.cls) if args.cls is not None else np.arange(args.num) % num_classes
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise SystemExit(f"--class must be in 0..{num_classes - 1}")
+        raise UsageError(f"--class {args.cls}: this model has classes 0..{num_classes - 1}")
     shape = (int(config["in_channels"]), int(config["input_size"]), int(config["input_size"]))
     sampler = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=not args.latent,
                             cfg_channels=args.cfg_channels)

@@ -54,12 +54,20 @@ def shared_memory_contexts(trt, engines: list, allocate) -> tuple[list, object]:
 def read_build(build_dir: str | Path) -> dict:
     """The build manifest, or a clear error when the folder has no engines."""
     path = Path(build_dir) / BUILD_MANIFEST
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{build_dir}: no {BUILD_MANIFEST}; create it with `tqdit build`")
-    build = json.loads(path.read_text())
+    try:
+        build = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable build manifest ({err}); build the folder again with "
+                         "`tqdit build`") from err
+    if not isinstance(build, dict):
+        raise ValueError(f"{path}: not a build manifest (a JSON {type(build).__name__}); build the folder again "
+                         "with `tqdit build`")
     if not build.get("engines"):
         raise RuntimeError(f"{build_dir}: the build has no engines ({build.get('status', 'unknown status')}); "
-                           "rerun `tqdit build` on a machine with TensorRT and a GPU")
+                           "rerun `tqdit build` on a machine with TensorRT and a GPU, or run its graphs with "
+                           f"ONNX Runtime (--onnx {Path(build_dir) / 'onnx'})")
     return build
 
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..io import atomic_output
@@ -28,14 +28,22 @@ def save_dit(model: DiT, path: str | Path, info: dict | None = None) -> None:
 
 def read_dit_metadata(path: str | Path) -> tuple[DiTConfig, dict]:
     """Config and info of a checkpoint, without loading the weights."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err}); write the checkpoint again") from err
     if meta.get("format") != FORMAT or "dit_config" not in meta:
         raise ValueError(
             f"{path}: not a tqdit DiT checkpoint (no '{FORMAT}' metadata); for official .pt or "
             "diffusers weights use load_official_checkpoint / load_diffusers_checkpoint"
         )
-    return DiTConfig.from_json(meta["dit_config"]), json.loads(meta.get("info", "{}"))
+    try:  # TypeError: fields of the wrong kind in an edited file
+        config, info = DiTConfig.from_json(meta["dit_config"]), json.loads(meta.get("info", "{}"))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: its stored DiT config cannot be read ({err}); write the checkpoint again "
+                         "with save_dit") from err
+    return config, info
 
 
 def load_dit(path: str | Path, device: str | torch.device = "cpu") -> DiT:
@@ -44,7 +52,15 @@ def load_dit(path: str | Path, device: str | torch.device = "cpu") -> DiT:
 
     config, _ = read_dit_metadata(path)
     model = DiT(config)
-    state = load_file(str(path), device=str(device))
+    try:
+        state = load_file(str(path), device=str(device))
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err}); write the checkpoint again") from err
+    expected = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in sorted(state.items())
+             if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"{path}: tensor shapes do not match the stored config: {', '.join(wrong[:5])}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: keys do not match the stored config: missing {missing}, unexpected {unexpected}")

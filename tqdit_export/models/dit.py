@@ -49,6 +49,18 @@ class DiTConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
+        # A config read from a file may hold anything: sizes are checked before any arithmetic on them.
+        for name in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "num_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"DiTConfig: {name}={value!r} must be a positive integer")
+        for name in ("mlp_ratio", "class_dropout_prob", "timestep_freq_shift", "mlp_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+                raise ValueError(f"DiTConfig: {name}={value!r} must be a number")
+        if self.mlp_ratio <= 0 or not isinstance(self.learn_sigma, bool):
+            raise ValueError(f"DiTConfig: mlp_ratio={self.mlp_ratio!r} must be positive and "
+                             f"learn_sigma={self.learn_sigma!r} a bool")
         if self.input_size % self.patch_size:
             raise ValueError(
                 f"DiTConfig: input_size={self.input_size} is not divisible by "
@@ -80,6 +92,8 @@ class DiTConfig:
     @classmethod
     def from_json(cls, text: str) -> "DiTConfig":
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"DiTConfig: the stored config is a JSON {type(data).__name__}, not an object")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -611,5 +611,10 @@ def checkpoint_format(path: str | Path) -> str:
 
 def load_checkpoint(path: str | Path) -> DiT:
     """Load any supported DiT checkpoint (eval mode, CPU), in the format `checkpoint_format` finds."""
+    from safetensors import SafetensorError
+
     loader = {"diffusers": load_diffusers_checkpoint, "tqdit": load_dit, "official": load_official_checkpoint}
-    return loader[checkpoint_format(path)](path)
+    try:
+        return loader[checkpoint_format(path)](path)
+    except SafetensorError as err:  # a header or file cut short or edited: safetensors' own error type
+        raise ValueError(f"{path}: not a readable safetensors file ({err}); write the checkpoint again") from err

@@ -276,6 +276,7 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
                      "weights_dtype": "float8e4m3fn" if fp8 else "int4" if int4_weights else "int8"},
             "time_groups": list(record.time_groups.edges),
             "calibration": record.method,
+            "record_fingerprint": record.fingerprint(),  # readers refuse another record (manifest.check_record)
             "graphs": graphs,
         }
         if layout == "plugin":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from trt_plugins.reference import PLUGIN_NAMESPACE, PLUGIN_VERSION, check_table
@@ -187,7 +188,18 @@ def lint_file(path: str | Path) -> list[Finding]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such ONNX file")
-    return lint_model(onnx.load(str(path), load_external_data=False))
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder, not an ONNX file; name its graphs, e.g. `tqdit lint {path}/*.onnx`")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as err:
+        raise ValueError(f"{path}: not an ONNX model (protobuf: {err}); give a .onnx file written by "
+                         "`tqdit export`") from err
+    try:
+        return lint_model(model)
+    except (KeyError, IndexError, TypeError, AttributeError) as err:  # a graph that parsed but holds nonsense
+        raise ValueError(f"{path}: not a well-formed ONNX graph ({type(err).__name__}: {err}); the linter "
+                         "reads graphs written by `tqdit export` or another exporter") from err
 
 
 class LintError(ValueError):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
+from ..errors import InputWarning
 from ..io import file_sha256
 
 MANIFEST = "manifest.json"
@@ -60,3 +62,25 @@ def graph_path(export_dir: str | Path, entry: dict) -> Path:
     if "external_data" in entry:
         verified_file(export_dir, entry["external_data"], entry.get("external_data_sha256"), "external data file")
     return verified_file(export_dir, entry["file"], entry.get("sha256"))
+
+
+def check_record(manifest: dict, export_dir: str | Path, record, record_dir: str | Path | None = None) -> None:
+    """Raise unless the export in `export_dir` (its `manifest`) was made from `record` (a
+    CalibrationRecord, read from `record_dir`): the same model weights and the same record
+    fingerprint. A manifest written before exports named their record only warns (InputWarning)."""
+    given = f"the record {record_dir}" if record_dir is not None else "the given record"
+    model = manifest.get("model")
+    if not isinstance(model, dict) or model.get("weights_sha256") != record.model_hash:
+        raise ValueError(f"{export_dir} was exported from another model than {given}; pass the record of its "
+                         f"model, or export again: tqdit export --record {record_dir or 'DIR'} --out DIR")
+    made_from = manifest.get("record_fingerprint")
+    if made_from is None:
+        warnings.warn(f"{Path(export_dir) / MANIFEST} names no record (written before exports did), so it cannot "
+                      f"be told whether {given} is the one it was exported from; export again to have it checked",
+                      InputWarning, stacklevel=2)
+        return
+    found = record.fingerprint()
+    if made_from != found:
+        raise ValueError(f"{export_dir} was exported from another record than {given} (record fingerprint "
+                         f"{str(made_from)[:12]}… in its manifest, {found[:12]}… for {given}); pass the record it "
+                         f"was exported from, or export again: tqdit export --record {record_dir or 'DIR'} --out DIR")

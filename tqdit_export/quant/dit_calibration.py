@@ -15,7 +15,6 @@ code's KL-to-FP loss with FP inputs has dL/dO ~ 0 and degenerates the weighting)
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import torch
 import torch.nn as nn
@@ -27,6 +26,7 @@ from calibration.time_groups import TimeGroups
 
 from ..diffusion import NUM_TRAIN_TIMESTEPS, GaussianDiffusion, SamplerConfig, linear_betas, sample
 from ..engines.torch_backend import TorchBackend
+from ..errors import UsageError
 from ..models.dit import DiT
 
 SITE_PATTERN = r"blocks\.\d+\.(attn\.(qkv|proj|matmul_qk|matmul_av)|mlp\.(fc1|fc2))|final_layer\.linear"
@@ -38,11 +38,17 @@ BITS_PRESETS = {"W8A8": (8, 8), "W6A6": (6, 6), "W4A8": (4, 8)}
 
 
 def parse_bits(text: str) -> tuple[int, int]:
-    """'W8A8' -> (8, 8); any WxAy with x, y in 4..8."""
-    m = re.fullmatch(r"W([4-8])A([4-8])", text.upper())
-    if not m:
-        raise ValueError(f"--bits {text!r}: expected WxAy with widths 4..8, e.g. {', '.join(BITS_PRESETS)}")
-    return int(m.group(1)), int(m.group(2))
+    """(weight, activation) widths of a `--bits` preset: 'W8A8' -> (8, 8); lower case ('w8a8') too.
+
+    Only the presets of BITS_PRESETS, the widths the quality table measures end to end
+    (calibration, export, ONNX Runtime); any other pair (W4A4, W8A4, W5A7, ...) is refused,
+    since activations below 6 bits are not a configuration this tool was tested for.
+    """
+    preset = text.strip().upper()
+    if preset not in BITS_PRESETS:
+        raise UsageError(f"--bits {text}: not a supported width pair; choose one of {', '.join(BITS_PRESETS)} "
+                         "(W: weight bits, A: activation bits)")
+    return BITS_PRESETS[preset]
 
 
 def dit_sites(model: DiT, exclude: str | None = None) -> list[Site]:
@@ -78,6 +84,9 @@ def collect_calibration_data(
     """Per time group, `samples_per_group` FP trajectory points (doubled for CFG, as at inference)."""
     cfg = model.config
     n = samples_per_group
+    if n < 1:  # an empty batch fails deep in the search otherwise
+        raise ValueError(f"samples_per_group={n} (--samples-per-group): at least 1 calibration sample per time "
+                         "group is needed (default 32)")
     labels = torch.arange(n) % cfg.num_classes
     trajectory: list[tuple[int, torch.Tensor]] = []
     x0 = sample(TorchBackend(model, device), labels, (cfg.in_channels, cfg.input_size, cfg.input_size),
