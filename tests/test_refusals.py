@@ -196,6 +196,8 @@ def test_every_refusal_of_the_cli_exits_2(tiny, tmp_path, capsys):
     _refused(capsys, "--onnx DIR")
     assert main(["sample", "--model", str(ckpt), "--num", "0", "--save-npz", str(tmp_path / "s.npz")]) == 2
     _refused(capsys, "--num 0")
+    assert main(["sample", "--model", str(ckpt), "--steps", "0", "--save-npz", str(tmp_path / "s.npz")]) == 2
+    _refused(capsys, "--steps 0", "sampling steps")
     assert main(["sample", "--model", str(ckpt)]) == 2
     _refused(capsys, "nothing to write")
 
@@ -217,6 +219,8 @@ def test_edge_entry_point_refuses_missing_or_engineless_builds(tmp_path, capsys)
     _refused(capsys, str(build / "build.json"), "tqdit build")
     assert edge_main(["--onnx", str(build), "--num", "0", "--out", str(out)]) == 2
     _refused(capsys, "--num 0")
+    assert edge_main(["--onnx", str(build), "--steps", "0", "--out", str(out)]) == 2
+    _refused(capsys, "--steps 0")
     assert not out.exists()
 
 

@@ -98,7 +98,7 @@ def make_backend(args: argparse.Namespace, model, device: str):
 def cmd_sample(args: argparse.Namespace) -> int:
     from .models import resolve_model
 
-    check_counts(args, "num")
+    check_counts(args, "num", "steps")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1 (or leave it out: all at once)")
     if args.out is None and args.save_npz is None:

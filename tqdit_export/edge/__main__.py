@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Sample with the parsed arguments of `main`; bad input raises (`main` turns it into exit 2)."""
-    if args.num < 1:
-        raise UsageError(f"--num {args.num}: must be at least 1")
+    for flag, value in (("--num", args.num), ("--steps", args.steps)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
     check_output_file(args.out)  # before the engines load and the sampling runs
     if args.engines:
         from .trt_runtime import TrtDenoiser, read_build

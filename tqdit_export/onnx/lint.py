@@ -197,7 +197,8 @@ def lint_file(path: str | Path) -> list[Finding]:
                          "`tqdit export`") from err
     try:
         return lint_model(model)
-    except (KeyError, IndexError, TypeError, AttributeError) as err:  # a graph that parsed but holds nonsense
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:  # parsed, but holds nonsense
+        # (e.g. an initializer whose bytes do not fill its shape)
         raise ValueError(f"{path}: not a well-formed ONNX graph ({type(err).__name__}: {err}); the linter "
                          "reads graphs written by `tqdit export` or another exporter") from err
 
