@@ -4,7 +4,8 @@
     python benchmarks/quality.py --bits W8A8 --rows fp minmax tqdit --steps 100 --seeds 0
 
 Rows: fp; minmax (one scale for all timesteps, no MRQ/HO); tqdit (TGQ + MRQ + HO);
-no-tgq, no-mrq, no-ho (TQ-DiT with one part switched off); tqdit-ort (the tqdit record
+no-tgq, no-mrq, no-ho (TQ-DiT with one part switched off); mrq-saturate, mrq-shift, mrq-cheap
+(TQ-DiT with the saturating softmax form, the shifted GELU form, or both); tqdit-ort (the tqdit record
 exported to per-group Q/DQ ONNX and sampled with ONNX Runtime: the deployed numbers);
 tqdit-fp8-ort (the same record's clipping ranges as FP8 E4M3 Q/DQ, ONNX Runtime). For every (row, bits, sampler
 steps, seed) it samples `--num` digits (balanced classes, cfg 1.5) from the same noise as
@@ -54,6 +55,10 @@ ROWS = {
     "no-tgq": ["--no-tgq"],
     "no-mrq": ["--no-mrq"],
     "no-ho": ["--no-ho"],
+    # The cheaper deployable MRQ forms (calibration/forms.py), each alone and both together
+    "mrq-saturate": ["--softmax-mrq", "saturate"],
+    "mrq-shift": ["--gelu-mrq", "shift"],
+    "mrq-cheap": ["--softmax-mrq", "saturate", "--gelu-mrq", "shift"],
     "tqdit-ort": [],  # the tqdit record, exported per group and sampled by ONNX Runtime's INT8 kernels
     "tqdit-fp8-ort": [],  # the tqdit record's ranges as FP8 (E4M3) Q/DQ, sampled by ONNX Runtime
 }

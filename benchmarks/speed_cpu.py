@@ -1,11 +1,16 @@
-"""Time per denoiser call on the CPU: ONNX Runtime FP32 vs INT8 Q/DQ graphs, and artifact sizes.
+"""Time per denoiser call on the CPU: ONNX Runtime FP32 vs INT8 Q/DQ graphs, peers, and artifact sizes.
 
     python benchmarks/speed_cpu.py                            # dit-digits, DiT-S/2, DiT-B/2
+    python benchmarks/speed_cpu.py --quick                    # a check in a few minutes (no DiT-B/2)
     python benchmarks/speed_cpu.py --models dit-digits --threads 2
 
-For every model: FP32 graph; INT8 per-group graphs without MRQ ("plain"); INT8 with MRQ on
-the post-softmax sites only, on the post-GELU sites only, and on both (what MRQ costs per
-site); INT8 single layout (time_group input). The bundled
+For every model: FP32 graph; INT8 per-group graphs without MRQ ("plain"); INT8 with the
+paper's MRQ on the post-softmax sites only, on the post-GELU sites only, and on both (what
+MRQ costs per site); the cheap MRQ forms (calibration/forms.py: saturating softmax, shifted
+GELU), each alone and both, with attention quantized or in float; the single layout
+(time_group input). Peers in the same run: ONNX Runtime's `quantize_static` (QDQ, min-max,
+one graph, per-channel weights) on the FP32 graph, and OpenVINO (when installed) running the
+FP32 graph and our cheap-MRQ Q/DQ graph. The bundled
 model uses its trained weights and a TQ-DiT record; DiT-S/2 and DiT-B/2 (32x32x4 latents)
 use random weights and a min-max record (labelled: speed only, no quality meaning).
 Median of `--repeats` timed calls after warm-up, batch `--batch` (CFG doubles a batch of
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import sys
 import tempfile
@@ -45,14 +51,15 @@ def load(name: str) -> tuple[DiT, str]:
 
 
 def mrq_only(record: CalibrationRecord, region: str) -> CalibrationRecord:
-    """The MRQ record with two-region quantizers only where the region is `region` ("softmax" or
-    "gelu"); the other MRQ operands get their high-region scale as one uniform scale. For speed
-    only: the graph has the GEMMs of that mix, the dropped operands are not calibrated."""
+    """The MRQ record with multi-region quantizers only where the region is `region` (e.g. "softmax"
+    or "gelu-shift"); the other MRQ operands get their high-region (or only) step as one uniform
+    scale. For speed only: the graph has the GEMMs of that mix, the dropped operands are not calibrated."""
     tensors, sites = dict(record.tensors), []
     for site in record.sites:
         for operand, kind in site.regions.items():
             if kind != region:
-                tensors[f"{site.name}.{operand}.scale"] = tensors[f"{site.name}.{operand}.scale_high"]
+                key = f"{site.name}.{operand}"
+                tensors[f"{key}.scale"] = tensors.get(f"{key}.scale_high", tensors.get(f"{key}.scale"))
         sites.append(Site(site.name, site.kind, {op: k for op, k in site.regions.items() if k == region}))
     return dataclasses.replace(record, sites=sites, tensors=tensors)
 
@@ -68,6 +75,78 @@ def time_calls(backend, x, t, y, repeats: int, warmup: int = 3) -> float:
     return 1000 * statistics.median(times)
 
 
+# (label, record, layout, graph): graph is "fp32", "int8", "int8 float-attention" or a peer.
+VARIANTS = [
+    ("fp32", "plain", "—", "fp32"),
+    ("int8 plain", "plain", "per-group", "int8"),
+    ("int8 + paper MRQ on A (post-softmax) only", "mrq-softmax", "per-group", "int8"),
+    ("int8 + paper MRQ on fc2 input (post-GELU) only", "mrq-gelu", "per-group", "int8"),
+    ("int8 + paper MRQ (full TQ-DiT, paper forms)", "mrq", "per-group", "int8"),
+    ("int8 + saturating softmax MRQ only", "mrq-saturate", "per-group", "int8"),
+    ("int8 + shifted GELU MRQ only", "mrq-shift", "per-group", "int8"),
+    ("int8 + cheap MRQ (full TQ-DiT, saturate + shift)", "mrq-cheap", "per-group", "int8"),
+    ("int8 + cheap MRQ, attention float", "mrq-cheap", "per-group", "int8 float-attention"),
+    ("int8 + cheap MRQ, single layout", "mrq-cheap", "single", "int8"),
+    ("peer: ORT quantize_static (QDQ, min-max, one graph)", "plain", "—", "quantize_static"),
+    ("peer: OpenVINO FP32", "plain", "—", "openvino fp32"),
+    ("peer: OpenVINO, our cheap-MRQ Q/DQ graph", "mrq-cheap", "per-group", "openvino int8"),
+]
+QUICK_VARIANTS = ("fp32", "int8 plain", "int8 + paper MRQ (full TQ-DiT, paper forms)",
+                  "int8 + cheap MRQ (full TQ-DiT, saturate + shift)", "int8 + cheap MRQ, attention float",
+                  "peer: ORT quantize_static (QDQ, min-max, one graph)", "peer: OpenVINO, our cheap-MRQ Q/DQ graph")
+
+
+class _Session:
+    """A denoiser over one ONNX graph (no time groups: fp32 and the peers' graphs)."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+
+    def __call__(self, x, t, y):
+        return self.run({"x": x.numpy(), "t": t.numpy().astype("int64"), "y": y.numpy().astype("int64")})
+
+
+def ort_session(path: Path, threads: int) -> _Session:
+    from tqdit_export.edge.ort_runtime import make_session
+
+    session = make_session(path, threads)
+    return _Session(lambda feeds: session.run(["out"], feeds)[0])
+
+
+def openvino_session(path: Path, threads: int) -> _Session | None:
+    """OpenVINO's CPU plugin compiling the same ONNX graph, or None when openvino is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1})
+    request = compiled.create_infer_request()
+    out = compiled.output(0)
+    return _Session(lambda feeds: request.infer(feeds)[out])
+
+
+def quantize_static_graph(fp32: Path, model: DiT, out: Path) -> Path:
+    """ONNX Runtime's own static quantization of the FP32 graph (min-max over a few denoiser inputs)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    c = model.config
+    gen = torch.Generator().manual_seed(2)
+    batches = iter([{"x": torch.randn(8, c.in_channels, c.input_size, c.input_size, generator=gen).numpy(),
+                     "t": torch.full((8,), t).numpy(), "y": (torch.arange(8) % c.num_classes).numpy()}
+                    for t in (50, 500, 950)])
+
+    class Reader:
+        def get_next(self):
+            return next(batches, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
+                    per_channel=True, reduce_range=not cpu_has_vnni(), activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    return out
+
+
 def bench_model(name: str, args, workdir: Path) -> list[dict]:
     model, label = load(name)
     random_weights = name in DIT_CONFIGS
@@ -75,36 +154,59 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
     common = dict(samples_per_group=2 if random_weights else 32, trajectory_steps=10 if random_weights else 100,
                   clip_denoised=not random_weights, progress=False)
     method = "minmax" if random_weights else "tqdit"  # MRQ exists only in the TQ-DiT search
-    records = {
-        "plain": calibrate_dit(model, CalibrationConfig(num_groups=groups, method=method, mrq=False), **common),
+    variants = [v for v in VARIANTS if not args.quick or v[0] in QUICK_VARIANTS]
+    needed = {v[1] for v in variants}
+
+    def tqdit(**forms) -> CalibrationRecord:
         # random weights: one round without HO (speed does not depend on the scales)
-        "mrq": calibrate_dit(model, CalibrationConfig(num_groups=groups, rounds=1 if random_weights else 3,
-                                                      ho=not random_weights), **common),
-    }
-    records["mrq-softmax"] = mrq_only(records["mrq"], "softmax")
-    records["mrq-gelu"] = mrq_only(records["mrq"], "gelu")
+        return calibrate_dit(model, CalibrationConfig(num_groups=groups, rounds=1 if random_weights else 3,
+                                                      ho=not random_weights, **forms), **common)
+
+    records = {"plain": calibrate_dit(model, CalibrationConfig(num_groups=groups, method=method, mrq=False), **common)}
+    if needed & {"mrq", "mrq-softmax", "mrq-gelu"}:
+        records["mrq"] = tqdit()
+        records["mrq-softmax"] = mrq_only(records["mrq"], "softmax")
+        records["mrq-gelu"] = mrq_only(records["mrq"], "gelu")
+    if needed & {"mrq-cheap", "mrq-saturate", "mrq-shift"}:
+        records["mrq-cheap"] = tqdit(softmax_mrq="saturate", gelu_mrq="shift")
+        records["mrq-saturate"] = mrq_only(records["mrq-cheap"], "softmax-saturate")
+        records["mrq-shift"] = mrq_only(records["mrq-cheap"], "gelu-shift")
     c = model.config
     torch.manual_seed(1)
     x = torch.randn(args.batch, c.in_channels, c.input_size, c.input_size)
     t = torch.full((args.batch,), 500)
     y = torch.cat([torch.arange(args.batch // 2) % c.num_classes, torch.full((args.batch - args.batch // 2,),
                                                                              model.null_class)])
-    variants = [("fp32", "plain", "per-group", True), ("int8 plain", "plain", "per-group", False),
-                ("int8 + MRQ on A (post-softmax) only", "mrq-softmax", "per-group", False),
-                ("int8 + MRQ on fc2 input (post-GELU) only", "mrq-gelu", "per-group", False),
-                ("int8 + MRQ", "mrq", "per-group", False), ("int8 + MRQ, single layout", "mrq", "single", False)]
-    rows, fp32_ms = [], None
-    for variant, rec, layout, fp32 in variants:
-        out = workdir / f"{name.replace('/', '_')}_{rec}_{layout}"
+    rows, fp32_ms, plain_ms = [], None, None
+    for variant, rec, layout, graph in variants:
+        attention = graph != "int8 float-attention"
+        out = workdir / f"{name.replace('/', '_')}_{rec}_{layout.replace('—', 'fp32')}_{attention}"
         if not out.exists():
-            export_dit(model, records[rec], out, layout=layout, fp32=fp32)
-        backend = OrtBackend(out, threads=args.threads, fp32=fp32)
+            export_dit(model, records[rec], out, layout="per-group" if layout == "—" else layout,
+                       fp32=graph in ("fp32", "quantize_static", "openvino fp32"), attention=attention)
+        if graph.startswith("int8"):
+            backend = OrtBackend(out, threads=args.threads)
+            files = [g["file"] for g in backend.manifest["graphs"]]
+        elif graph == "fp32":
+            backend, files = ort_session(out / "fp32.onnx", args.threads), ["fp32.onnx"]
+        elif graph == "quantize_static":
+            path = quantize_static_graph(out / "fp32.onnx", model, out / "quantize_static.onnx")
+            backend, files = ort_session(path, args.threads), [path.name]
+        else:  # OpenVINO: the FP32 graph, or our per-group graph of the group that t = 500 is in
+            gfile = "fp32.onnx" if graph == "openvino fp32" else next(
+                g["file"] for g in json.loads((out / "manifest.json").read_text())["graphs"]
+                if g["timesteps"][0] <= 500 < g["timesteps"][1])
+            backend, files = openvino_session(out / gfile, args.threads), [gfile]
+            if backend is None:
+                print(f"{variant}: openvino is not installed (pip install openvino): skipped", flush=True)
+                continue
         ms = time_calls(backend, x, t, y, args.repeats)
-        files = ["fp32.onnx"] if fp32 else [g["file"] for g in backend.manifest["graphs"]]
         size = sum((out / f).stat().st_size for f in files)
-        fp32_ms = ms if fp32 else fp32_ms
-        rows.append({"model": label, "variant": variant, "layout": "—" if fp32 else layout, "groups": groups,
+        fp32_ms = ms if graph == "fp32" else fp32_ms
+        plain_ms = ms if variant == "int8 plain" else plain_ms
+        rows.append({"model": label, "variant": variant, "layout": layout, "groups": groups,
                      "ms_per_call": round(ms, 2), "speedup_vs_fp32": round(fp32_ms / ms, 2),
+                     "time_vs_int8_plain": round(ms / plain_ms, 2) if plain_ms else None,
                      "artifact_mib": round(size / 2**20, 2)})
         print(rows[-1], flush=True)
     return rows
@@ -116,12 +218,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--quick", action="store_true",
+                   help="a check in minutes: dit-digits and DiT-S/2 (unless --models), the main variants, "
+                        "5 repeats (unless --repeats); writes speed_cpu_<kind>_quick")
     p.add_argument("--out", type=Path, default=None,
                    help="results path without suffix (default: benchmarks/results/speed_cpu_<cpu kind>)")
     args = p.parse_args(argv)
+    given = set(argv if argv is not None else sys.argv[1:])
+    if args.quick:
+        args.models = args.models if "--models" in given else ["dit-digits", "DiT-S/2"]
+        args.repeats = args.repeats if "--repeats" in given else 5
     cpu = cpu_description()
     # Figures of one CPU kind never stand in a table of another: each kind has its own file.
-    args.out = args.out or RESULTS / f"speed_cpu_{cpu['kind']}"
+    args.out = args.out or RESULTS / f"speed_cpu_{cpu['kind']}{'_quick' if args.quick else ''}"
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,10 +242,11 @@ def main(argv: list[str] | None = None) -> None:
                                                "rows": rows})
     lines = ["# CPU speed per denoiser call (ONNX Runtime)", "", f"Command: `{command.strip()}`  ",
              f"Machine: {machine}  ", f"Batch {args.batch} per call (CFG pairs), median of {args.repeats} calls.", "",
-             "| model | variant | layout | G | ms per call | speed-up vs FP32 | artifact MiB |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | variant | layout | G | ms per call | speed-up vs FP32 | time vs INT8 plain | artifact MiB |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['variant']} | {r['layout']} | {r['groups']} | {r['ms_per_call']} | "
-              f"{r['speedup_vs_fp32']}x | {r['artifact_mib']} |" for r in rows]
+              f"{r['speedup_vs_fp32']}x | {'—' if r['time_vs_int8_plain'] is None else str(r['time_vs_int8_plain']) + 'x'} "
+              f"| {r['artifact_mib']} |" for r in rows]
     with atomic_output(args.out.with_suffix(".md")) as tmp_md:
         tmp_md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

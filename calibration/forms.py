@@ -47,7 +47,9 @@ SELECTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor | float | None], torc
     "at_or_above": lambda x, thr: torch.where(x < thr, torch.zeros_like(x), x),
     "negative": lambda x, thr: torch.clamp(x, max=0.0),
     "positive": lambda x, thr: torch.clamp(x, min=0.0),
-    "excess": lambda x, thr: torch.relu(x - thr),
+    # Max, not Relu: ONNX Runtime folds a Relu in front of a QuantizeLinear into it, which is
+    # wrong for float8 codes (they are signed around zero point 0, not clamped below).
+    "excess": lambda x, thr: torch.maximum(x - thr, torch.zeros_like(x)),
     "shifted": lambda x, thr: x - thr,
 }
 
@@ -88,6 +90,17 @@ class OperandQuant:
         factor, bits = narrow_codes(1.0, self.bits)
         return replace(self, bits=bits, parts=tuple(replace(p, scale=tuple(s * factor for s in p.scale))
                                                     for p in self.parts))
+
+    def unshifted(self) -> "OperandQuant":
+        """The same clipping range without the offset: one part of x with step hi/qmax, hi the top of
+        the shifted range. For FP8 codes, whose relative precision a shift by c would spend on |x - c|
+        (the many small post-GELU values would lose their precision); FP8 needs no MRQ for the skew."""
+        if self.offset is None:
+            return self
+        (part,) = self.parts
+        qmax = qrange(self.bits)[1]
+        hi = tuple(c + qmax * s for c, s in zip(self.offset, part.scale))
+        return replace(self, region="uniform", parts=(Part("all", tuple(h / qmax for h in hi)),), offset=None)
 
     def fake_quant(self, x: torch.Tensor, group: int) -> torch.Tensor:
         """x_hat of time group `group`, in torch (the calibration's fake-quant model)."""

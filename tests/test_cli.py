@@ -107,6 +107,47 @@ def test_export_then_sample_with_onnx_runtime(tiny_checkpoint, tmp_path, capsys)
     assert "plugin" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
+def test_targets_pick_mrq_forms_layout_and_attention(tiny_checkpoint, tmp_path, capsys):
+    common = ["--model", str(tiny_checkpoint), "--groups", "2", "--samples-per-group", "2", "--trajectory-steps",
+              "10", "--rounds", "1", "--quiet", "--device", "cpu"]
+    cheap, paper = tmp_path / "cheap", tmp_path / "paper"
+    assert main(["calibrate", *common, "--target", "cpu", "--out", str(cheap)]) == 0
+    assert main(["calibrate", *common, "--target", "cpu", "--softmax-mrq", "paper", "--gelu-mrq", "paper",
+                 "--out", str(paper)]) == 0
+    regions = {name: {op["region"] for s in json.loads((rec / "record.json").read_text())["sites"].values()
+                      for op in s["operands"].values() if "region" in op} for name, rec in (("cheap", cheap),
+                                                                                           ("paper", paper))}
+    assert regions["cheap"] == {"uniform", "softmax-saturate", "gelu-shift"}
+    assert regions["paper"] == {"uniform", "softmax", "gelu"}
+    capsys.readouterr()
+
+    # An export for a target gets its layout and weight codes; flags override the target.
+    orin = tmp_path / "orin"
+    assert main(["export", "--model", str(tiny_checkpoint), "--record", str(cheap), "--out", str(orin),
+                 "--target", "orin"]) == 0
+    manifest = json.loads((orin / "manifest.json").read_text())
+    assert manifest["layout"] == "single" and manifest["target"] == "orin" and not manifest["bits"]["reduce_range"]
+    assert manifest["mrq_forms"] == ["gelu-shift", "softmax-saturate"] and manifest["attention"] == "int8"
+    # A record of the paper's forms exports as it is, with a note saying how to get the target's forms.
+    assert main(["export", "--model", str(tiny_checkpoint), "--record", str(paper), "--out", str(tmp_path / "p"),
+                 "--target", "h100"]) == 0
+    assert "tqdit calibrate --target h100" in capsys.readouterr().err
+
+    # Attention in float: the parity check builds its reference with float attention too.
+    fa = tmp_path / "float_attention"
+    assert main(["export", "--model", str(tiny_checkpoint), "--record", str(cheap), "--out", str(fa),
+                 "--attention", "float"]) == 0
+    assert json.loads((fa / "manifest.json").read_text())["attention"] == "float"
+    assert main(["check", "--model", str(tiny_checkpoint), "--record", str(cheap), "--onnx", str(fa),
+                 "--samples", "2", "--tolerance", "0.01"]) == 0
+    # tqdit build is for TensorRT targets; the CPU target is an export.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", "--model", str(tiny_checkpoint), "--record", str(cheap), "--target", "cpu",
+              "--out", str(tmp_path / "b")])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'cpu'" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 def test_calibrate_rejects_bad_bits(tiny_checkpoint, tmp_path, capsys):
     assert main(["calibrate", "--model", str(tiny_checkpoint), "--bits", "W3A8", "--out", str(tmp_path / "r")]) == 2
     assert "W3A8" in capsys.readouterr().err

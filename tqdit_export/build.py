@@ -19,7 +19,6 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from calibration.record import RECORD_FILES, RECORD_JSON, CalibrationRecord
@@ -28,31 +27,10 @@ from .edge.trt_runtime import BUILD_MANIFEST
 from .io import atomic_folder, file_sha256
 from .models.dit import DiT
 from .onnx import export_dit, lint_file
+from .targets import ENGINE_TARGETS, TARGETS, Target, record_forms_note
 
 BUILD_VERSION = 1
 ENGINES_MISSING = 3  # exit status: artifacts written, engines not built (no TensorRT or no GPU)
-
-
-@dataclass(frozen=True)
-class Target:
-    """Defaults for a deployment target; `--layout` overrides the layout."""
-
-    description: str
-    layout: str
-    strongly_typed: bool  # False: TensorRT 10.3 (JetPack 6) weakly typed network + INT8/FP16 flags
-    max_batch: int
-    fp8: bool = False  # FP8 tensor cores: Ada (sm_89) and Hopper (sm_90) and newer
-
-
-TARGETS = {
-    "h100": Target("NVIDIA H100 / H200 (Hopper), TensorRT >= 10", "per-group", True, 64, fp8=True),
-    "a100": Target("NVIDIA A100 (Ampere), TensorRT >= 10", "per-group", True, 64),
-    "l40s": Target("NVIDIA L40S / RTX 4090 (Ada), TensorRT >= 10", "per-group", True, 32, fp8=True),
-    # Jetson: memory is shared with the CPU, so the weights are stored once (single layout);
-    # JetPack 6 ships TensorRT 10.3, whose INT8 path is the weakly typed one.
-    "orin": Target("Jetson AGX Orin / Orin NX (JetPack 6, TensorRT 10.3)", "single", False, 8),
-    "orin-nano": Target("Jetson Orin Nano (JetPack 6, TensorRT 10.3)", "single", False, 4),
-}
 
 
 def record_sha256(record_dir: Path) -> str:
@@ -87,8 +65,9 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
           layout: str | None = None, plugin_library: Path | None = None, command: str = "",
           precision: str = "int8") -> tuple[dict, int]:
     """Write the build folder; returns (build.json contents, exit status: 0 or ENGINES_MISSING)."""
-    if target not in TARGETS:
-        raise ValueError(f"--target {target!r} is unknown; choose one of {sorted(TARGETS)}")
+    if target not in ENGINE_TARGETS:
+        hint = " (ONNX Runtime needs no engine: use `tqdit export --target cpu`)" if target in TARGETS else ""
+        raise ValueError(f"--target {target!r} is not a TensorRT target{hint}; choose one of {', '.join(ENGINE_TARGETS)}")
     spec = TARGETS[target]
     if precision == "fp8" and not spec.fp8:
         raise ValueError(f"--precision fp8: target {target!r} has no FP8 tensor cores; use one of "
@@ -101,7 +80,7 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
                 shutil.copy2(Path(record_dir) / name, copy / name)
         # GPU targets: full 8-bit weights (7-bit codes are an ONNX Runtime CPU workaround).
         manifest = export_dit(model, record, tmp / "onnx", layout=layout, weight_reduce_range=False,
-                              precision=precision)
+                              precision=precision, attention=spec.attention, target=target)
         graphs = [g["file"] for g in manifest["graphs"]]
         lint = {f: [str(x) for x in lint_file(tmp / "onnx" / f)] for f in graphs}
         (tmp / "lint.json").write_text(json.dumps(lint, indent=2) + "\n")
@@ -109,7 +88,8 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
         info = {
             "version": BUILD_VERSION,
             "command": command,
-            "target": {"name": target, **spec.__dict__, "layout": layout},
+            "target": {"name": target, **spec.as_json(), "layout": layout},
+            "notes": [n for n in [record_forms_note(record, spec, target)] if n],
             "layout": layout,
             "precision": precision,
             "time_groups": manifest["time_groups"],

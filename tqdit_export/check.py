@@ -41,11 +41,12 @@ class GroupParity:
 class Fp8Reference:
     """What an FP8 export computes, in torch: the export modules of each time group."""
 
-    def __init__(self, model: DiT, record: CalibrationRecord) -> None:
+    def __init__(self, model: DiT, record: CalibrationRecord, attention: bool = True) -> None:
         from .onnx.export import qdq_model
 
         self.groups = record.time_groups
-        self.models = [qdq_model(model, record, g, precision="fp8") for g in range(self.groups.num_groups)]
+        self.models = [qdq_model(model, record, g, precision="fp8", attention=attention)
+                       for g in range(self.groups.num_groups)]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -111,8 +112,10 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
     # An export with 7-bit weight codes (CPUs without VNNI) is compared with the same widths.
     if reduce_range is None:
         reduce_range = bool(ort_backend.manifest["bits"].get("reduce_range"))
-    reference = Fp8Reference(model, record) if fp8 else FakeQuantBackend(model, record, reduce_range=reduce_range,
-                                                                         exact_sums=True)
+    # An export that keeps attention in float (`--attention float`) is compared with the same model.
+    attention = ort_backend.manifest.get("attention", "int8") != "float"
+    reference = Fp8Reference(model, record, attention) if fp8 else FakeQuantBackend(model, record, reduce_range=reduce_range,
+                                                                         exact_sums=True, attention=attention)
     if data is None:
         data = collect_calibration_data(model, record.time_groups, samples, seed=seed + 7,
                                         clip_denoised=clip_denoised, progress=False)

@@ -18,6 +18,7 @@ from calibration.search import METHODS
 from .diffusion import SAMPLERS, SamplerConfig, sample
 from .errors import UsageError, run_command
 from .io import atomic_folder, check_output_file, check_output_folder, load_samples, save_samples, write_json
+from .targets import ENGINE_TARGETS, TARGETS, record_forms_note, target
 
 DEMO_JSON = "demo.json"  # the marker of a demo folder, written last
 
@@ -61,6 +62,27 @@ def check_counts(args: argparse.Namespace, *names: str) -> None:
             raise UsageError(f"{flag} {value}: must be at least 1 ({COUNT_FLAGS[name]})")
         if name == "groups" and value > NUM_TRAIN_TIMESTEPS:
             raise UsageError(f"{flag} {value}: at most {NUM_TRAIN_TIMESTEPS}, one time group per training timestep")
+
+
+def add_mrq_form_arguments(parser: argparse.ArgumentParser) -> None:
+    """--target / --softmax-mrq / --gelu-mrq: which MRQ forms a calibration searches (calibration/forms.py)."""
+    parser.add_argument("--target", choices=list(TARGETS), default=None,
+                        help="calibrate with the MRQ forms this deployment target runs best (tqdit_export/targets.py)")
+    parser.add_argument("--softmax-mrq", choices=["paper", "saturate"], default=None,
+                        help="MRQ form of the post-softmax A of A·V: paper (two regions split by a compare) or "
+                             "saturate (a saturating Q/DQ plus Relu(A - r), no compare); default: the target's, "
+                             "else paper")
+    parser.add_argument("--gelu-mrq", choices=["paper", "shift"], default=None,
+                        help="MRQ form of the post-GELU fc2 input: paper (two regions, two fc2 GEMMs) or shift "
+                             "(one GEMM over [GELU min, max], the shift folded into the bias); default: the "
+                             "target's, else paper")
+
+
+def mrq_forms(args: argparse.Namespace) -> dict[str, str]:
+    """CalibrationConfig's softmax_mrq / gelu_mrq: the flags, else the --target's forms, else the paper's."""
+    spec = TARGETS[args.target] if args.target else None
+    return {"softmax_mrq": args.softmax_mrq or (spec.softmax_mrq if spec else "paper"),
+            "gelu_mrq": args.gelu_mrq or (spec.gelu_mrq if spec else "paper")}
 
 
 def make_backend(args: argparse.Namespace, model, device: str):
@@ -175,7 +197,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     check_output_folder(args.out, RECORD_JSON)  # before minutes of calibration, not after
     config = CalibrationConfig(weight_bits=w_bits, activation_bits=a_bits, num_groups=args.groups,
                                method=args.method, tgq=not args.no_tgq, mrq=not args.no_mrq, ho=not args.no_ho,
-                               rounds=args.rounds, seed=args.seed)
+                               rounds=args.rounds, seed=args.seed, **mrq_forms(args))
     device = _device(args.device)
     resolved = resolve_model(args.model, device=device)
     if device.startswith("cuda"):
@@ -206,11 +228,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_folder(args.out, MANIFEST)
     resolved = resolve_model(args.model)
     record = CalibrationRecord.load(args.record, resolved.model)
-    reduce = {"auto": None, "on": True, "off": False}[args.reduce_range]
+    spec = target(args.target)
+    note = record_forms_note(record, spec, args.target)
+    if note:
+        print(f"tqdit export: note: {note}", file=sys.stderr)
+    # auto: the target's choice (the CPU target detects VNNI); TensorRT targets keep 8-bit codes
+    reduce = {"auto": spec.reduce_range, "on": True, "off": False}[args.reduce_range]
+    attention = spec.attention if args.attention is None else args.attention == "int8"
     start = time.perf_counter()
-    manifest = export_dit(resolved.model, record, args.out, layout=args.layout, fp32=args.fp32,
-                          weight_reduce_range=reduce,
-                          precision=args.precision)
+    manifest = export_dit(resolved.model, record, args.out, layout=args.layout or spec.layout, fp32=args.fp32,
+                          weight_reduce_range=reduce, precision=args.precision, attention=attention,
+                          target=args.target)
     size = sum((Path(args.out) / g["file"]).stat().st_size for g in manifest["graphs"])
     print(f"exported {len(manifest['graphs'])} {manifest['layout']} graph(s)"
           f"{' + fp32' if args.fp32 else ''} ({size / 2**20:.2f} MiB quantized, weights in graph "
@@ -306,8 +334,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         else:
             w_bits, a_bits = parse_bits(args.bits)
             start = time.perf_counter()
+            spec = target(args.target)
             record = calibrate_dit(resolved.model, CalibrationConfig(w_bits, a_bits, num_groups=args.groups,
-                                                                     rounds=args.rounds),
+                                                                     rounds=args.rounds, softmax_mrq=spec.softmax_mrq,
+                                                                     gelu_mrq=spec.gelu_mrq),
                                    samples_per_group=args.samples_per_group, clip_denoised=resolved.pixel_space,
                                    trajectory_steps=args.trajectory_steps, progress=not args.quiet)
             record.method.update({"model": resolved.name, "wall_seconds": round(time.perf_counter() - start, 2)})
@@ -445,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--method", choices=METHODS, default="tqdit", help="scale search (default tqdit)")
     c.add_argument("--no-tgq", action="store_true", help="one scale set for all timesteps")
     c.add_argument("--no-mrq", action="store_true", help="no two-region quantizers (post-softmax, post-GELU)")
+    add_mrq_form_arguments(c)
     c.add_argument("--no-ho", action="store_true", help="unweighted (MSE) search instead of Hessian-guided")
     c.add_argument("--rounds", type=int, default=3, help="alternating weight/activation rounds (default 3)")
     c.add_argument("--exclude", default=None, help="regex of site names to keep in float")
@@ -460,12 +491,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--model", default="dit-digits", help="the calibrated model (default dit-digits)")
     x.add_argument("--record", type=Path, required=True, help="calibration record folder")
     x.add_argument("--out", type=Path, required=True, help="export folder to write")
-    x.add_argument("--layout", choices=("per-group", "single", "plugin"), default="per-group",
+    x.add_argument("--target", choices=list(TARGETS), default="cpu",
+                   help="what the graphs are for: sets the layout, attention and weight-code defaults "
+                        "(tqdit_export/targets.py; default cpu: ONNX Runtime on this CPU)")
+    x.add_argument("--layout", choices=("per-group", "single", "plugin"), default=None,
                    help="per-group (one graph per time group), single (rescale table), plugin (TensorRT "
-                        "TimeGroupQuantize plugin); default per-group")
+                        "TimeGroupQuantize plugin); default: the target's")
+    x.add_argument("--attention", choices=("int8", "float"), default=None,
+                   help="quantize Q·Kᵀ and A·V (int8) or keep them float MatMuls; default: the target's (int8)")
     x.add_argument("--fp32", action="store_true", help="also write the unquantized graph (speed/quality baseline)")
     x.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
-                   help="7-bit weight codes for ONNX Runtime on CPUs without VNNI (auto: detect; int8 only)")
+                   help="7-bit weight codes for ONNX Runtime on CPUs without VNNI (auto: the target's; "
+                        "--target cpu detects VNNI; int8 only)")
     x.add_argument("--precision", choices=("int8", "fp8"), default="int8",
                    help="int8 Q/DQ (default), or fp8: float8e4m3fn Q/DQ at opset 19 over the record's clipping "
                         "ranges, for TensorRT on Ada/Hopper (ONNX Runtime runs it in float on the CPU)")
@@ -501,11 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--trajectory-steps", type=int, default=100, help="when calibrating: DDPM steps of the FP "
                    "trajectories (default 100)")
     b.add_argument("--rounds", type=int, default=3, help="when calibrating: weight/activation rounds (default 3)")
-    from .build import TARGETS
-
-    b.add_argument("--target", choices=sorted(TARGETS), default="h100",
-                   help="layout and TensorRT network typing defaults: " +
-                        "; ".join(f"{k}: {t.description}, {t.layout}" for k, t in TARGETS.items()) + " (default h100)")
+    b.add_argument("--target", choices=ENGINE_TARGETS, default="h100",
+                   help="layout, MRQ forms, attention and TensorRT network typing defaults: " +
+                        "; ".join(f"{k}: {TARGETS[k].description}, {TARGETS[k].layout}" for k in ENGINE_TARGETS) +
+                        " (default h100)")
     b.add_argument("--layout", choices=("per-group", "single", "plugin"), default=None,
                    help="override the target's layout")
     b.add_argument("--precision", choices=("int8", "fp8"), default="int8",

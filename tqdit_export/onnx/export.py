@@ -87,10 +87,10 @@ class SingleLayoutDiT(nn.Module):
     group_input_type: type[GroupInput] = GroupInput
 
     def __init__(self, model: DiT, record: CalibrationRecord, weight_reduce_range: bool = False,
-                 precision: str = "int8") -> None:
+                 precision: str = "int8", attention: bool = True) -> None:
         super().__init__()
         self.group_input = self.group_input_type()
-        self.qmodel = qdq_model(model, record, self.group_input, weight_reduce_range, precision)
+        self.qmodel = qdq_model(model, record, self.group_input, weight_reduce_range, precision, attention)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, time_group: torch.Tensor) -> torch.Tensor:
         self.group_input.set(time_group)
@@ -215,14 +215,15 @@ LAYOUTS = ("per-group", "single", "plugin")
 
 def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layout: str = "per-group",
                fp32: bool = False, weight_reduce_range: bool | None = None, int4_weights: bool | None = None,
-               precision: str = "int8") -> dict:
+               precision: str = "int8", attention: bool = True, target: str | None = None) -> dict:
     """Write the Q/DQ graph(s) of `layout` (+ `fp32.onnx` with `fp32`) and the manifest.
 
     `weight_reduce_range=None` picks 7-bit weights when this CPU lacks VNNI (ORT CPU target).
     `int4_weights=None` stores the weights as INT4 (opset 21) when the record's weights have <= 4 bits
     (W4A8); False keeps 4-bit codes in int8 (opset 17). `precision="fp8"` writes float8e4m3fn
     Q/DQ (opset 19) over the record's clipping ranges, for TensorRT on Ada/Hopper; 8-bit
-    records are the ones to use. Returns the manifest.
+    records are the ones to use. `attention=False` keeps Q·Kᵀ and A·V as float MatMuls.
+    `target` (a name of `tqdit_export.targets`) is only written into the manifest. Returns the manifest.
     """
     out_dir = Path(out_dir)
     if precision not in PRECISIONS:
@@ -248,13 +249,13 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
         if layout == "per-group":
             for g in range(record.time_groups.num_groups):
                 name = f"group_{g:02d}.onnx"
-                export_onnx(qdq_model(model, record, g, weight_reduce_range, precision), example, tmp / name,
+                export_onnx(qdq_model(model, record, g, weight_reduce_range, precision, attention), example, tmp / name,
                             opset=opset, int4_weights=int4_weights)
                 lo, hi = record.time_groups.timestep_range(g)
                 graphs.append(_graph_entry(tmp, name, time_group=g, timesteps=[lo, hi]))
         elif layout in ("single", "plugin"):
             module = (SingleLayoutDiT if layout == "single" else PluginLayoutDiT)(model, record, weight_reduce_range,
-                                                                                  precision)
+                                                                                  precision, attention)
             name = f"{layout}.onnx"
             export_onnx(module, (*example, torch.tensor(0)), tmp / name, opset=opset, int4_weights=int4_weights)
             graphs.append(_graph_entry(tmp, name, time_group="input"))
@@ -275,6 +276,10 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
                      "reduce_range": weight_reduce_range,
                      "weights_dtype": "float8e4m3fn" if fp8 else "int4" if int4_weights else "int8"},
             "time_groups": list(record.time_groups.edges),
+            # What the graphs quantize: readers that rebuild the fake-quant reference need both.
+            "attention": "int8" if attention else "float",
+            "mrq_forms": sorted({r for s in record.sites for r in s.regions.values()}),
+            "target": target,
             "calibration": record.method,
             "record_fingerprint": record.fingerprint(),  # readers refuse another record (manifest.check_record)
             "graphs": graphs,

@@ -167,7 +167,8 @@ class ActivationQDQ(nn.Module):
         TimeGroupQuantize(x, g) -> int8 codes -> DQ(1) -> GEMM -> * s_g.
     `forward` returns the quantized parts whose GEMMs are summed, each with the factor its
     GEMM output is multiplied by (None for 1); `offset` is what the consumer adds back.
-    `precision="fp8"`: float8e4m3fn codes over the same clipping ranges (thresholds unchanged).
+    `precision="fp8"`: float8e4m3fn codes over the same clipping ranges (thresholds unchanged; a
+    shifted form becomes its unshifted range, `OperandQuant.unshifted`).
     """
 
     def __init__(self, quant: OperandQuant, group: int | GroupInput, precision: str = "int8") -> None:
@@ -176,6 +177,8 @@ class ActivationQDQ(nn.Module):
         if fp8 and isinstance(group, GroupInput) and group.plugin:
             raise ValueError("the TimeGroupQuantize plugin writes int8 codes; export FP8 with the per-group "
                              "or single layout")
+        if fp8:
+            quant = quant.unshifted()
         self.quant, self.group = quant, group
         self.codes = "fp8" if fp8 else quant.bits
         # Per part: its selection and per-group tables (FP8 steps keep the integer clipping range).
