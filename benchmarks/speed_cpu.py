@@ -151,15 +151,16 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
     model, label = load(name)
     random_weights = name in DIT_CONFIGS
     groups = 2 if random_weights else 10  # speed does not depend on G; sizes scale with it
-    common = dict(samples_per_group=2 if random_weights else 32, trajectory_steps=10 if random_weights else 100,
-                  clip_denoised=not random_weights, progress=False)
+    # --quick calibrates the bundled model on 8 samples per group, one round: speed does not depend on it
+    common = dict(samples_per_group=2 if random_weights else (8 if args.quick else 32),
+                  trajectory_steps=10 if random_weights else 100, clip_denoised=not random_weights, progress=False)
     method = "minmax" if random_weights else "tqdit"  # MRQ exists only in the TQ-DiT search
     variants = [v for v in VARIANTS if not args.quick or v[0] in QUICK_VARIANTS]
     needed = {v[1] for v in variants}
 
     def tqdit(**forms) -> CalibrationRecord:
         # random weights: one round without HO (speed does not depend on the scales)
-        return calibrate_dit(model, CalibrationConfig(num_groups=groups, rounds=1 if random_weights else 3,
+        return calibrate_dit(model, CalibrationConfig(num_groups=groups, rounds=1 if random_weights or args.quick else 3,
                                                       ho=not random_weights, **forms), **common)
 
     records = {"plain": calibrate_dit(model, CalibrationConfig(num_groups=groups, method=method, mrq=False), **common)}
