@@ -1,6 +1,8 @@
 """TensorRT backend: version-dependent build settings (pure), and a real build where TensorRT and a GPU exist."""
 from types import SimpleNamespace
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -85,3 +87,30 @@ def test_trt_engines_match_onnx_runtime(tmp_path, make_tiny_dit):
     got = TrtBackend(tmp_path / "onnx")(x, t, y).cpu()
     ref = OrtBackend(tmp_path / "onnx")(x, t, y)
     assert float((got - ref).norm() / ref.norm()) < 2e-2
+
+
+def test_engines_and_graphs_are_taken_in_numeric_time_group_order():
+    # With G >= 11 a string order puts group 10 after group 1; every runtime uses this order.
+    from tqdit_export.onnx.manifest import in_group_order
+
+    entries = [{"file": f"group_{g:02d}.onnx", "time_group": g} for g in (10, 2, 0, 11, 1, 3, 4, 5, 6, 7, 8, 9)]
+    assert [e["time_group"] for e in in_group_order(entries, "build")] == list(range(12))
+    assert in_group_order([{"file": "single.onnx", "time_group": "input"}], "x")[0]["file"] == "single.onnx"
+    for bad in ([0, 0, 1], [0, 2], [0, "1"]):
+        with pytest.raises(ValueError, match="each once"):
+            in_group_order([{"time_group": g} for g in bad], "build")
+
+
+def test_cmake_builds_the_kernels_for_every_architecture_it_names(tmp_path):
+    # enable_language(CUDA) defines CMAKE_CUDA_ARCHITECTURES itself (nvcc's default, e.g. sm_75):
+    # a default set after it never applies. Configure for real and read the kernel's flags.
+    import re
+    import shutil
+    import subprocess
+
+    if not shutil.which("cmake") or not shutil.which("nvcc"):
+        pytest.skip("needs cmake and nvcc")
+    source = Path(__file__).resolve().parents[2] / "trt_plugins" / "csrc"
+    subprocess.run(["cmake", "-S", str(source), "-B", str(tmp_path)], check=True, capture_output=True)
+    flags = (tmp_path / "CMakeFiles" / "tqdit_kernels.dir" / "flags.make").read_text()
+    assert set(re.findall(r"sm_(\d+)", flags)) == {"80", "86", "87", "89", "90"}

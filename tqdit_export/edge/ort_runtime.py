@@ -14,7 +14,7 @@ import numpy as np
 
 from calibration.time_groups import TimeGroups
 
-from ..onnx.manifest import graph_path, read_manifest
+from ..onnx.manifest import graph_path, in_group_order, read_manifest
 
 # ClipQuantRewrite (drops a Clip that a QuantizeLinear's range makes redundant; our Clips never
 # are) fails on float8 zero points in ORT 1.32, so FP8 graphs would not load with it on.
@@ -60,7 +60,7 @@ class OrtDenoiser:
                 raise ValueError(f"{export_dir}: no FP32 graph; export with --fp32")
             entries = [self.manifest["fp32"]]
         elif layout == "per-group":
-            entries = sorted(self.manifest["graphs"], key=lambda g: g["time_group"])
+            entries = in_group_order(self.manifest["graphs"], export_dir)
         elif layout in LAYOUTS_WITH_GROUP_INPUT:
             entries = [self.manifest["graphs"][0]]
         else:

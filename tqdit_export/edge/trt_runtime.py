@@ -16,7 +16,7 @@ import numpy as np
 
 from calibration.time_groups import TimeGroups
 
-from ..onnx.manifest import verified_bytes
+from ..onnx.manifest import in_group_order, verified_bytes
 
 BUILD_MANIFEST = "build.json"
 
@@ -94,7 +94,7 @@ class TrtDenoiser:
                                    f"set {PLUGIN_LIBRARY_ENV} to libtqdit_trt_plugins.so (cmake -S trt_plugins/csrc)")
             load_plugin_library(trt, library)
         runtime = trt.Runtime(logger)
-        entries = sorted(self.build["engines"], key=lambda e: str(e["time_group"]))
+        entries = in_group_order(self.build["engines"], build_dir)
         self.engines = [runtime.deserialize_cuda_engine(verified_bytes(build_dir, e["file"], e.get("sha256")))
                         for e in entries]
         if any(e is None for e in self.engines):

@@ -25,7 +25,7 @@ from calibration.time_groups import TimeGroups
 
 from ..edge.trt_runtime import PLUGIN_LIBRARY_ENV, load_plugin_library, shared_memory_contexts
 from ..io import atomic_output, file_sha256
-from ..onnx.manifest import graph_path, read_manifest
+from ..onnx.manifest import graph_path, in_group_order, read_manifest
 
 
 def import_tensorrt() -> ModuleType:
@@ -163,7 +163,7 @@ class TrtBackend:
         self.manifest = read_manifest(export_dir)
         self.groups = TimeGroups(tuple(self.manifest["time_groups"]))
         cache_dir = Path(cache_dir) if cache_dir else export_dir / "engines"
-        graphs = sorted(self.manifest["graphs"], key=lambda g: str(g["time_group"]))
+        graphs = in_group_order(self.manifest["graphs"], export_dir)
         plugin = self.manifest["layout"] == "plugin"
         plans = [build_engine(graph_path(export_dir, g), cache_dir, settings, load_plugin=plugin) for g in graphs]
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

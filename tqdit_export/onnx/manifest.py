@@ -84,3 +84,17 @@ def check_record(manifest: dict, export_dir: str | Path, record, record_dir: str
         raise ValueError(f"{export_dir} was exported from another record than {given} (record fingerprint "
                          f"{str(made_from)[:12]}… in its manifest, {found[:12]}… for {given}); pass the record it "
                          f"was exported from, or export again: tqdit export --record {record_dir or 'DIR'} --out DIR")
+
+
+def in_group_order(entries: list[dict], source: str | Path) -> list[dict]:
+    """Graphs or engines in time-group order, the one ordering every runtime uses: per-group
+    entries by their group number (each of 0..G-1 once; numerically, so group 10 follows 9,
+    not 1), a single entry (time_group "input") as it is."""
+    if len(entries) == 1:
+        return list(entries)
+    groups = [e.get("time_group") for e in entries]
+    if not all(isinstance(g, int) and not isinstance(g, bool) for g in groups) or \
+            sorted(groups) != list(range(len(groups))):
+        raise ValueError(f"{source}: the entries' time groups {groups} are not 0..{len(groups) - 1}, each once; "
+                         "export or build the folder again")
+    return sorted(entries, key=lambda e: e["time_group"])
