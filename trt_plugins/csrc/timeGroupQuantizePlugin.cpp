@@ -188,9 +188,28 @@ IPluginV3* TimeGroupQuantizeCreator::createPlugin(
                 auto const* data = static_cast<float const*>(f.data);
                 scales.assign(data, data + f.length);
             }
-            else if (std::strcmp(f.name, "bits") == 0 && f.type == PluginFieldType::kINT32)
+            else if (std::strcmp(f.name, "bits") == 0)
             {
-                bits = *static_cast<int32_t const*>(f.data);
+                // The ONNX parser passes an INT attribute as INT32; the Python plugin's engines store INT64.
+                if (f.length != 1 || f.data == nullptr)
+                {
+                    report("field 'bits' must hold one integer");
+                    return nullptr;
+                }
+                if (f.type == PluginFieldType::kINT32)
+                {
+                    bits = *static_cast<int32_t const*>(f.data);
+                }
+                else if (f.type == PluginFieldType::kINT64)
+                {
+                    int64_t const wide = *static_cast<int64_t const*>(f.data);
+                    bits = (wide < 2 || wide > 8) ? 0 : static_cast<int32_t>(wide);
+                }
+                else
+                {
+                    report("field 'bits' must be INT32 or INT64");
+                    return nullptr;
+                }
             }
         }
         if (scales.empty() || scales.size() > static_cast<size_t>(kMaxTimeGroups))
