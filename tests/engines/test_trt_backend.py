@@ -114,3 +114,19 @@ def test_cmake_builds_the_kernels_for_every_architecture_it_names(tmp_path):
     subprocess.run(["cmake", "-S", str(source), "-B", str(tmp_path)], check=True, capture_output=True)
     flags = (tmp_path / "CMakeFiles" / "tqdit_kernels.dir" / "flags.make").read_text()
     assert set(re.findall(r"sm_(\d+)", flags)) == {"80", "86", "87", "89", "90"}
+
+
+def test_batches_above_the_profile_maximum_run_in_profile_sized_pieces():
+    # The edge defaults (--num 10, cfg) send 20 rows; an orin engine's profile ends at 8.
+    from tqdit_export.edge.trt_runtime import batch_chunks
+    from tqdit_export.targets import TARGETS
+
+    chunks = batch_chunks(20, TARGETS["orin"].max_batch)
+    assert [(s.start, s.stop) for s in chunks] == [(0, 8), (8, 16), (16, 20)]
+    assert [(s.start, s.stop) for s in batch_chunks(64, 64)] == [(0, 64)]
+    rows = list(range(131))
+    assert sum((rows[s] for s in batch_chunks(131, TARGETS["orin-nano"].max_batch)), []) == rows
+    with pytest.raises(ValueError):
+        batch_chunks(0, 8)
+    with pytest.raises(ValueError):
+        batch_chunks(4, 0)

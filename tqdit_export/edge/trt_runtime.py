@@ -32,6 +32,31 @@ def load_plugin_library(trt, library: str | Path) -> None:
     trt.get_plugin_registry().load_library(str(library))
 
 
+def batch_chunks(n: int, max_batch: int) -> list[slice]:
+    """Slices of a batch of `n` rows, each at most `max_batch` (the engine's optimisation
+    profile maximum): a larger batch is run in profile-sized pieces, never sent whole."""
+    if n < 1:
+        raise ValueError(f"batch of {n}: nothing to run")
+    if max_batch < 1:
+        raise ValueError(f"an optimisation profile's largest batch must be at least 1, not {max_batch}")
+    return [slice(start, min(start + max_batch, n)) for start in range(0, n, max_batch)]
+
+
+def set_input_shape(context, name: str, shape: tuple[int, ...]) -> None:
+    """IExecutionContext.set_input_shape, whose False (a shape outside the profile) must not pass."""
+    if not context.set_input_shape(name, tuple(shape)):
+        raise RuntimeError(f"TensorRT refused input {name!r} of shape {tuple(shape)}: outside the engine's "
+                           "optimisation profile (rebuild with a larger --target batch)")
+
+
+def output_shape(context, name: str = "out") -> tuple[int, ...]:
+    """The output's shape once every input shape is set; a -1 left in it is an error, not an allocation."""
+    shape = tuple(context.get_tensor_shape(name))
+    if any(d < 0 for d in shape):
+        raise RuntimeError(f"TensorRT left output {name!r} with an unknown dimension {shape}: an input shape is unset")
+    return shape
+
+
 def shared_memory_contexts(trt, engines: list, allocate) -> tuple[list, object]:
     """One execution context per engine, all on one user-managed activation buffer sized to the
     largest engine, so G group engines cost the activation memory of one.
@@ -85,6 +110,7 @@ class TrtDenoiser:
                                "pip install pycuda)") from err
         self.cuda, build_dir = cuda, Path(build_dir)
         self.groups = TimeGroups(tuple(self.build["time_groups"]))
+        self.max_batch = int(self.build.get("target", {}).get("max_batch") or 1)
         self.feeds_group = self.build["layout"] in ("single", "plugin")
         logger = trt.Logger(trt.Logger.WARNING)
         if self.build["layout"] == "plugin":
@@ -113,6 +139,11 @@ class TrtDenoiser:
         return buf
 
     def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+        # CFG doubles the batch: anything above the profile's largest batch runs in pieces.
+        parts = [self._run(x[s], t[s], y[s]) for s in batch_chunks(len(x), self.max_batch)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
         g = self.groups.group_of(t)
         context = self.contexts[0] if len(self.contexts) == 1 else self.contexts[g]
         feeds = {"x": np.ascontiguousarray(x, dtype=np.float32), "t": np.ascontiguousarray(t, dtype=np.int64),
@@ -122,9 +153,9 @@ class TrtDenoiser:
         for name, host in feeds.items():
             buf = self._device(name, host.nbytes)
             self.cuda.memcpy_htod_async(buf, host, self.stream)
-            context.set_input_shape(name, host.shape)
+            set_input_shape(context, name, host.shape)
             context.set_tensor_address(name, int(buf))
-        out = np.empty(tuple(context.get_tensor_shape("out")), dtype=np.float32)
+        out = np.empty(output_shape(context), dtype=np.float32)
         out_buf = self._device("out", out.nbytes)
         context.set_tensor_address("out", int(out_buf))
         if not context.execute_async_v3(self.stream.handle):

@@ -23,7 +23,8 @@ import torch
 
 from calibration.time_groups import TimeGroups
 
-from ..edge.trt_runtime import PLUGIN_LIBRARY_ENV, load_plugin_library, shared_memory_contexts
+from ..edge.trt_runtime import (PLUGIN_LIBRARY_ENV, batch_chunks, load_plugin_library, output_shape, set_input_shape,
+                                shared_memory_contexts)
 from ..io import atomic_output, file_sha256
 from ..onnx.manifest import graph_path, in_group_order, read_manifest
 
@@ -171,9 +172,15 @@ class TrtBackend:
         self.contexts, self.activations = shared_memory_contexts(
             trt, self.engines, lambda n: (buf := torch.empty(n, dtype=torch.uint8, device="cuda"), buf.data_ptr()))
         self.single = self.manifest["layout"] in ("single", "plugin")
+        self.max_batch = settings.max_batch
         self.stream = torch.cuda.Stream()
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # CFG doubles the batch: anything above the profile's largest batch runs in pieces.
+        parts = [self._run(x[s], t[s], y[s]) for s in batch_chunks(len(x), self.max_batch)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _run(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = self.groups.group_of(t)
         context = self.contexts[0] if self.single else self.contexts[g]
         feeds = {"x": x.float().cuda().contiguous(), "t": t.long().cuda().contiguous(),
@@ -181,9 +188,9 @@ class TrtBackend:
         if self.single:
             feeds["time_group"] = torch.tensor(g, dtype=torch.long, device="cuda")
         for name, tensor in feeds.items():
-            context.set_input_shape(name, tuple(tensor.shape))
+            set_input_shape(context, name, tuple(tensor.shape))
             context.set_tensor_address(name, tensor.data_ptr())
-        out = torch.empty(tuple(context.get_tensor_shape("out")), dtype=torch.float32, device="cuda")
+        out = torch.empty(output_shape(context), dtype=torch.float32, device="cuda")
         context.set_tensor_address("out", out.data_ptr())
         if not context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
