@@ -168,10 +168,12 @@ class CalibrationRecord:
 
     def check_scales(self, source: str | Path = SCALES_FILE) -> None:
         """Raise unless every scale is finite and strictly positive (an MRQ boundary too; a GELU
-        boundary is 0 by definition): a 0 or NaN scale would sample black or NaN images silently."""
+        boundary is 0 by definition; a shifted form's offset may have either sign): a 0 or NaN scale
+        would sample black or NaN images silently."""
         for key, value in sorted(self.tensors.items()):
             zero_ok = key.endswith(".boundary") and bool((value == 0).all())
-            bad = ~torch.isfinite(value) | ((value <= 0) & (not zero_ok))
+            any_sign = key.endswith(".offset")  # c = (hi + GELU_MIN) / 2 is negative when hi < 0.17
+            bad = ~torch.isfinite(value) | ((value <= 0) & (not zero_ok) & (not any_sign))
             if bad.any():
                 raise ValueError(f"{source}: {key} holds {int(bad.sum())} scale(s) that are 0, negative, NaN or "
                                  f"infinite (e.g. {value[bad].flatten()[0].item()}); this record cannot quantize "

@@ -236,3 +236,20 @@ def test_edge_entry_point_ctrl_c_is_130_and_debug_shows_the_traceback(tmp_path, 
     assert "interrupted; nothing was written" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         edge.main(["--debug", "--engines", str(tmp_path / "missing"), "--out", str(tmp_path / "s.npz")])
+
+
+def test_a_negative_shift_offset_is_a_valid_record():
+    # gelu-shift centres [GELU_MIN, hi] on the codes: c = (hi + GELU_MIN) / 2 < 0 when hi < 0.17.
+    import torch
+
+    from calibration.record import CalibrationRecord
+    from calibration.sites import Site
+    from calibration.time_groups import TimeGroups
+
+    record = CalibrationRecord({}, "0" * 64, 8, 8, TimeGroups((0, 1000)), [Site("fc2", "linear", {"input": "gelu-shift"})],
+                               {"fc2.weight.scale": torch.ones(4), "fc2.input.scale": torch.tensor([0.001]),
+                                "fc2.input.offset": torch.tensor([-0.05])})
+    record.check_scales()
+    record.tensors["fc2.input.offset"] = torch.tensor([float("nan")])
+    with pytest.raises(ValueError, match="offset"):
+        record.check_scales()
