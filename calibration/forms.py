@@ -13,7 +13,7 @@ and the offset folded into the bias (exact in algebra). The forms:
 |---------------------|-----------------------------------------------------|-------|------------------------------------|
 | `uniform`           | x, step s                                           | 1     | scale                              |
 | `softmax`           | x·[x<r], step r/qmax; x·[x>=r], step 1/qmax (paper) | 2     | boundary, scale_low, scale_high    |
-| `softmax-saturate`  | x, step r/qmax (saturates at r); Relu(x−r), step (1−r)/qmax | 2 | boundary, scale_low, scale_high |
+| `softmax-saturate`  | x, step r/qmax (saturates at r); Max(x−r, 0), step (1−r)/qmax | 2 | boundary, scale_low, scale_high |
 | `gelu`              | min(x,0), step −GELU_MIN/2^(b−1); max(x,0), step s (paper) | 2 | boundary (0), scale_low, scale_high |
 | `gelu-shift`        | x−c, step s, offset c: [GELU_MIN, hi] on all codes   | 1     | scale, offset                      |
 
@@ -24,7 +24,7 @@ no compare or Where. `gelu-shift` is one GEMM: a symmetric quantizer of x − c 
 range spans [GELU_MIN, hi], twice the positive codes of the paper's form; it suits only a
 linear consumer (the offset becomes W·c in the bias).
 
-The search of every form has one parameter per time group (`FORMS[region].parameter`): the
+The search of every form has one parameter per time group: the
 step of a uniform operand, the boundary r = 2^-i of a softmax form, the positive region's
 step of a GELU form (hi = qmax · step). `Form.tensors` turns the parameters into the record's
 tensors; `operand_quant` reads them back into an `OperandQuant`, which the fake-quant model
@@ -55,7 +55,7 @@ SELECTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor | float | None], torc
 
 
 def select(x: torch.Tensor, selection: str, threshold: torch.Tensor | float | None) -> torch.Tensor:
-    """The part `selection` of x (torch ops that export to Less/Where, Clip, Sub, Relu)."""
+    """The part `selection` of x (torch ops that export to Less/Where, Clip, Sub, Max)."""
     return SELECTIONS[selection](x, threshold)
 
 
@@ -78,10 +78,6 @@ class OperandQuant:
     bits: int
     parts: tuple[Part, ...]
     offset: tuple[float, ...] | None = None  # added after dequantization (folded into a linear's bias)
-
-    @property
-    def num_groups(self) -> int:
-        return len(self.parts[0].scale)
 
     def narrowed(self) -> "OperandQuant":
         """7-bit codes over the same clipping range for 8-bit uniform operands (see `narrow_codes`)."""
@@ -118,9 +114,7 @@ class Form:
 
     region: str
     base: str  # the skew it handles: uniform | softmax | gelu (the statistics the search needs)
-    gemms: int  # GEMMs per consumer in the deployed graph
     linear_only: bool  # has an offset, which only a linear consumer can fold into its bias
-    parameter: str  # what the search chooses per group
     fields: tuple[str, ...]  # record tensors, `{site}.{operand}.{field}`, each (G,)
 
     def tensors(self, params: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
@@ -153,11 +147,11 @@ class Form:
 
 
 FORMS: dict[str, Form] = {f.region: f for f in (
-    Form("uniform", "uniform", 1, False, "step", ("scale",)),
-    Form("softmax", "softmax", 2, False, "boundary r = 2^-i", ("boundary", "scale_low", "scale_high")),
-    Form("softmax-saturate", "softmax", 2, False, "boundary r = 2^-i", ("boundary", "scale_low", "scale_high")),
-    Form("gelu", "gelu", 2, False, "step of the positive region", ("boundary", "scale_low", "scale_high")),
-    Form("gelu-shift", "gelu", 1, True, "step of the positive region", ("scale", "offset")),
+    Form("uniform", "uniform", False, ("scale",)),
+    Form("softmax", "softmax", False, ("boundary", "scale_low", "scale_high")),
+    Form("softmax-saturate", "softmax", False, ("boundary", "scale_low", "scale_high")),
+    Form("gelu", "gelu", False, ("boundary", "scale_low", "scale_high")),
+    Form("gelu-shift", "gelu", True, ("scale", "offset")),
 )}
 REGIONS = tuple(FORMS)
 # The MRQ forms a skew may use; the first is the paper's.
