@@ -137,7 +137,8 @@ def test_targets_pick_mrq_forms_layout_and_attention(tiny_checkpoint, tmp_path, 
     fa = tmp_path / "float_attention"
     assert main(["export", "--model", str(tiny_checkpoint), "--record", str(cheap), "--out", str(fa),
                  "--attention", "float"]) == 0
-    assert json.loads((fa / "manifest.json").read_text())["attention"] == "float"
+    fa_manifest = json.loads((fa / "manifest.json").read_text())
+    assert fa_manifest["attention"] == "float" and fa_manifest["mrq_forms"] == ["gelu-shift"]
     assert main(["check", "--model", str(tiny_checkpoint), "--record", str(cheap), "--onnx", str(fa),
                  "--samples", "2", "--tolerance", "0.01"]) == 0
     # tqdit build is for TensorRT targets; the CPU target is an export.

@@ -278,7 +278,8 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
             "time_groups": list(record.time_groups.edges),
             # What the graphs quantize: readers that rebuild the fake-quant reference need both.
             "attention": "int8" if attention else "float",
-            "mrq_forms": sorted({r for s in record.sites for r in s.regions.values()}),
+            "mrq_forms": sorted({r for s in record.sites if attention or s.kind != "matmul"
+                                 for r in s.regions.values()}),  # of the sites the graphs quantize
             "target": target,
             "calibration": record.method,
             "record_fingerprint": record.fingerprint(),  # readers refuse another record (manifest.check_record)
