@@ -6,6 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
+# The real TensorRT Python bindings (no libraries: those cannot install here), for the tests in
+# tests/trt_bindings that check the project's TensorRT calls against each version. Best effort:
+# without them those tests skip.
+TRT_BINDINGS ?= 10.3.0 10.13.3.9 11.4.0.106
 
 .PHONY: demo test setup clean
 
@@ -14,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e ".[dev]"
+	for v in $(TRT_BINDINGS); do $(PY) -m pip download -q --no-deps -d $(VENV)/trt-wheels \
+		"tensorrt-cu12-bindings==$$v" || echo "note: tensorrt-cu12-bindings $$v not downloaded; its tests skip"; done
 	touch $(STAMP)
 
 setup: $(STAMP)

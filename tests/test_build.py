@@ -80,4 +80,4 @@ def test_doctor_reports_what_this_machine_can_run(capsys):
     info = json.loads(capsys.readouterr().out)
     assert {"torch", "onnxruntime", "tensorrt", "pycuda", "cpu", "can"} <= info.keys()
     assert info["can"]["calibrate_and_export"] is True
-    assert info["can"]["build_trt_engines"] == (HAS_TRT and info["torch"]["cuda"])
+    assert info["can"]["build_trt_engines"] == (HAS_TRT and bool(info["cuda_gpus"]))

@@ -27,6 +27,7 @@ from .edge.trt_runtime import BUILD_MANIFEST
 from .io import atomic_folder, file_sha256
 from .models.dit import DiT
 from .onnx import export_dit, lint_file
+from .onnx.manifest import Layout, in_group_order
 from .targets import ENGINE_TARGETS, TARGETS, Target, record_forms_note
 
 BUILD_VERSION = 1
@@ -47,18 +48,37 @@ def record_sha256(record_dir: Path) -> str:
 
 
 def _engines_unavailable_reason() -> str | None:
-    """Why engines cannot be built here, or None when TensorRT (with its builder) and a CUDA GPU are present."""
-    from .engines.trt_backend import import_tensorrt
+    """Why engines cannot be built here, or None when TensorRT (with its builder) and a CUDA GPU are present.
+
+    The GPU is found without torch (cuda-python, pycuda, nvidia-smi, then torch): the project's
+    machines install a CPU torch, which must not hide a GPU that TensorRT can use.
+    """
+    from .engines.trt_build import build_gpu, import_tensorrt
 
     try:
-        import_tensorrt()
+        import_tensorrt(builder=True)
+        build_gpu()
     except RuntimeError as err:
         return str(err)
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible: TensorRT engines are built on the GPU they will run on (or the same model)"
     return None
+
+
+def _check_tensorrt_precision(precision: str) -> None:
+    """Where TensorRT is installed, refuse a precision its version cannot build before any work is done."""
+    from .engines.trt_build import check_precision_supported, import_tensorrt
+
+    try:
+        trt = import_tensorrt(builder=True)
+    except RuntimeError:
+        return  # no TensorRT: an onnx-only build, checked again where engines are built
+    check_precision_supported(trt.__version__, precision)
+
+
+# What TensorRT does with each weight width: it has integer GEMMs for INT8 x INT8 (and FP8 x
+# FP8), but INT4 weights are weight-only there (dequantized inside an FP16/BF16 GEMM), so a W4A8
+# graph runs its GEMMs in float with the activations' Q/DQ pairs folded away, not as integer GEMMs.
+W4A8_NOTE = ("W4A8: TensorRT has no INT4 x INT8 GEMM; INT4 weights are weight-only there, so these GEMMs run in "
+             "FP16 on dequantized weights (the memory for weights is 4-bit; the arithmetic is not integer)")
 
 
 def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Path, out: Path, target: str,
@@ -72,7 +92,8 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
     if precision == "fp8" and not spec.fp8:
         raise ValueError(f"--precision fp8: target {target!r} has no FP8 tensor cores; use one of "
                          f"{sorted(k for k, t in TARGETS.items() if t.fp8)} or --precision int8")
-    layout = layout or spec.layout
+    layout = Layout.of(layout or spec.layout, "--layout").value
+    _check_tensorrt_precision(precision)
     start = time.perf_counter()
     with atomic_folder(out, BUILD_MANIFEST) as tmp:
         with atomic_folder(tmp / "record", RECORD_JSON) as copy:  # the record's files, not what else is beside them
@@ -89,7 +110,8 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
             "version": BUILD_VERSION,
             "command": command,
             "target": {"name": target, **spec.as_json(), "layout": layout},
-            "notes": [n for n in [record_forms_note(record, spec, target)] if n],
+            "notes": [n for n in [record_forms_note(record, spec, target),
+                                  W4A8_NOTE if record.weight_bits <= 4 else None] if n],
             "layout": layout,
             "precision": precision,
             "time_groups": manifest["time_groups"],
@@ -115,22 +137,24 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
 def _build_engines(folder: Path, manifest: dict, spec: Target, layout: str, plugin_library: Path | None,
                    precision: str) -> dict:
     """Engines for every graph of the export (runs only with TensorRT and a GPU)."""
-    import torch
+    from .engines.trt_build import (BuildSettings, build_engine, build_gpu, check_precision_supported,
+                                    import_tensorrt, trt_major)
 
-    from .engines.trt_backend import BuildSettings, build_engine, import_tensorrt, trt_major
-
-    trt = import_tensorrt()
+    trt = import_tensorrt(builder=True)
+    gpu = build_gpu()
+    check_precision_supported(trt.__version__, precision, gpu)
     # TensorRT 11 has only strongly typed networks; the weak INT8 path is for 10.x (JetPack 6).
     strongly_typed = spec.strongly_typed or trt_major(trt) >= 11
     settings = BuildSettings(strongly_typed=strongly_typed, max_batch=spec.max_batch, fp8=precision == "fp8")
     start = time.perf_counter()
     engines = []
-    for graph in manifest["graphs"]:
+    for graph in in_group_order(manifest["graphs"], folder / "onnx"):
         plan = build_engine(folder / "onnx" / graph["file"], folder / "engines", settings,
-                            plugin_library=plugin_library if layout == "plugin" else None,
-                            load_plugin=layout == "plugin")
+                            plugin_library=plugin_library if layout == Layout.PLUGIN else None,
+                            load_plugin=layout == Layout.PLUGIN)
         engines.append({"file": f"engines/{plan.name}", "time_group": graph["time_group"],
                         "timesteps": graph.get("timesteps"), "sha256": file_sha256(plan),
                         "bytes": plan.stat().st_size})
-    return {"status": "complete", "tensorrt": trt.__version__, "strongly_typed": strongly_typed, "gpu": torch.cuda.get_device_name(0),
-            "engines": engines, "seconds_engines": round(time.perf_counter() - start, 2)}
+    return {"status": "complete", "tensorrt": trt.__version__, "strongly_typed": strongly_typed, "gpu": gpu.name,
+            "compute_capability": gpu.compute_capability, "engines": engines,
+            "seconds_engines": round(time.perf_counter() - start, 2)}

@@ -17,6 +17,7 @@ from calibration.search import METHODS
 
 from .diffusion import SAMPLERS, SamplerConfig, sample
 from .errors import UsageError, run_command
+from .onnx.manifest import LAYOUTS
 from .io import atomic_folder, check_output_file, check_output_folder, load_samples, save_samples, write_json
 from .targets import ENGINE_TARGETS, TARGETS, record_forms_note, target
 
@@ -350,6 +351,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     onnx_mib = sum(info["sizes_bytes"]["onnx"].values()) / 2**20
     print(f"exported {len(info['sizes_bytes']['onnx'])} {info['layout']} graph(s) ({onnx_mib:.2f} MiB), "
           f"lint findings: {info['lint']['findings']} -> {args.out}")
+    for note in info.get("notes", []):
+        print(f"note: {note}")
     if status == ENGINES_MISSING:
         print(f"tqdit build: engines not built: {info['reason']}\n"
               f"  the ONNX graphs, lint.json and build.json (status onnx-only) are in {args.out}; rerun on a "
@@ -494,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--target", choices=list(TARGETS), default="cpu",
                    help="what the graphs are for: sets the layout, attention and weight-code defaults "
                         "(tqdit_export/targets.py; default cpu: ONNX Runtime on this CPU)")
-    x.add_argument("--layout", choices=("per-group", "single", "plugin"), default=None,
+    x.add_argument("--layout", choices=LAYOUTS, default=None,
                    help="per-group (one graph per time group), single (rescale table), plugin (TensorRT "
                         "TimeGroupQuantize plugin); default: the target's")
     x.add_argument("--attention", choices=("int8", "float"), default=None,
@@ -542,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layout, MRQ forms, attention and TensorRT network typing defaults: " +
                         "; ".join(f"{k}: {TARGETS[k].description}, {TARGETS[k].layout}" for k in ENGINE_TARGETS) +
                         " (default h100)")
-    b.add_argument("--layout", choices=("per-group", "single", "plugin"), default=None,
+    b.add_argument("--layout", choices=LAYOUTS, default=None,
                    help="override the target's layout")
     b.add_argument("--precision", choices=("int8", "fp8"), default="int8",
                    help="int8 (default) or fp8 (E4M3; targets h100 and l40s only)")

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from typing import Callable
 
-from .hardware import cpu_has_vnni, cpu_name
+from .hardware import cpu_has_vnni, cpu_name, cuda_gpus
 
 
 def _version(module: str) -> str | None:
@@ -72,10 +72,10 @@ def report() -> dict:
     """Everything `tqdit doctor` prints."""
     trt = _probe(_tensorrt)
     torch_info = _probe(_torch)
-    can_build = isinstance(trt, dict) and trt["builder"] and isinstance(torch_info, dict) and torch_info["cuda"]
-    # FP8 tensor cores: Ada (8.9), Hopper (9.0) and newer
-    fp8_gpu = isinstance(torch_info, dict) and any(tuple(map(int, c.split("."))) >= (8, 9)
-                                                   for c in torch_info["compute_capability"])
+    # The GPU as TensorRT will see it, found without torch: a CPU-only torch must not hide it.
+    gpus = cuda_gpus()
+    can_build = isinstance(trt, dict) and trt["builder"] and bool(gpus)
+    fp8_gpu = any(g.has_fp8 for g in gpus)
     return {
         "python": platform.python_version(),
         "cpu": {"name": cpu_name(), "vnni": cpu_has_vnni(), "machine": platform.machine()},
@@ -85,6 +85,7 @@ def report() -> dict:
         "pycuda": _version("pycuda"),
         "polygraphy": _version("polygraphy"),
         "nvidia_smi": _probe(_nvidia_smi),
+        "cuda_gpus": [{"name": g.name, "compute_capability": g.compute_capability, "seen_by": g.source} for g in gpus],
         "nvcc": _probe(_nvcc),
         "cxx": shutil.which("c++") or shutil.which("g++"),
         "can": {

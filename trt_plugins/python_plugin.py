@@ -5,8 +5,12 @@
 Same name, namespace, fields and arithmetic as the C++ `IPluginV3` in `csrc/`; register
 one of the two in a process, not both. The implementation runs with torch on the
 engine's CUDA stream; engines that embed it need this registration at load time too.
+
+No `from __future__ import annotations` here: `tensorrt.plugin` checks the annotations of the
+decorated functions with inspect.signature and issubclass, and string annotations make it
+raise (10.13: "issubclass() arg 1 must be a class"; 11.x: "TensorDescs args should come
+first"). tests/trt_bindings/test_python_plugin.py registers it with the real module.
 """
-from __future__ import annotations
 
 from .reference import PLUGIN_NAME, PLUGIN_NAMESPACE, check_table, code_range
 
@@ -26,7 +30,7 @@ def register() -> None:
         import tensorrt.plugin as trtp
     except ImportError as err:
         raise RuntimeError("the Python TimeGroupQuantize plugin needs TensorRT >= 10.7 with tensorrt.plugin "
-                           "(pip install 'tqdit-export[trt]'), or build the C++ plugin in trt_plugins/csrc") from err
+                           "(pip install 'tqdit-export[trt-cu12]' or '[trt-cu13]'), or build the C++ plugin in trt_plugins/csrc") from err
     from typing import List, Tuple
 
     @trtp.register(PLUGIN_ID)

@@ -1,46 +1,21 @@
-"""TensorRT backend: version-dependent build settings (pure), and a real build where TensorRT and a GPU exist."""
-from types import SimpleNamespace
+"""TensorRT build and runtime: pure helpers here, a real build where TensorRT and a GPU exist.
 
+The build settings against the real bindings of each TensorRT version are in
+tests/trt_bindings (no fake TensorRT module stands in for the real one).
+"""
 from pathlib import Path
 
 import pytest
 import torch
 
-from tqdit_export.engines.trt_backend import (
+from tqdit_export.engines.trt_build import (
     BuildSettings,
-    builder_flags,
+    check_precision_supported,
     engine_cache_key,
     import_tensorrt,
-    network_flags,
+    version_tuple,
 )
-
-
-def fake_trt(version: str):
-    return SimpleNamespace(__version__=version, NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1),
-                           BuilderFlag=SimpleNamespace(INT8="INT8", FP16="FP16", FP8="FP8"))
-
-
-def test_tensorrt_10_strongly_typed_by_default():
-    trt = fake_trt("10.13.0")
-    assert network_flags(trt, BuildSettings()) == 1 << 1
-    assert builder_flags(trt, BuildSettings()) == []
-
-
-def test_jetpack_6_weakly_typed_int8_path():
-    trt = fake_trt("10.3.0")
-    weak = BuildSettings(strongly_typed=False)
-    assert network_flags(trt, weak) == 0
-    assert builder_flags(trt, weak) == ["INT8", "FP16"]
-    assert builder_flags(trt, BuildSettings(strongly_typed=False, fp16_fallback=False)) == ["INT8"]
-    assert builder_flags(trt, BuildSettings(strongly_typed=False, fp8=True)) == ["FP8", "FP16"]
-    assert builder_flags(trt, BuildSettings(fp8=True)) == []  # strongly typed: the graph's Q/DQ say FP8
-
-
-def test_tensorrt_11_has_only_strong_typing():
-    trt = fake_trt("11.4.0")
-    assert network_flags(trt, BuildSettings()) == 0
-    with pytest.raises(ValueError, match="strongly typed"):
-        network_flags(trt, BuildSettings(strongly_typed=False))
+from tqdit_export.hardware import CudaGpu
 
 
 def test_engine_cache_key_changes_with_version_gpu_and_settings(tmp_path):
@@ -130,3 +105,147 @@ def test_batches_above_the_profile_maximum_run_in_profile_sized_pieces():
         batch_chunks(0, 8)
     with pytest.raises(ValueError):
         batch_chunks(4, 0)
+
+
+def test_fp8_needs_tensorrt_10_6_and_fp8_tensor_cores():
+    assert version_tuple("10.13.3.9") == (10, 13, 3, 9) and version_tuple("10.7.0.post1") == (10, 7, 0)
+    check_precision_supported("10.6.0", "fp8", CudaGpu("NVIDIA H100", "9.0", "nvidia-smi"))
+    check_precision_supported("10.3.0", "int8")
+    with pytest.raises(RuntimeError, match="TensorRT >= 10.6"):
+        check_precision_supported("10.3.0", "fp8")
+    with pytest.raises(RuntimeError, match="no FP8 tensor cores"):
+        check_precision_supported("10.13.3", "fp8", CudaGpu("NVIDIA A100", "8.0", "pycuda"))
+
+
+def test_the_gpu_is_found_without_torch(monkeypatch, tmp_path):
+    # Review defect 3: a CPU torch saw no GPU, so `tqdit build` wrote ONNX only on a GPU machine.
+    # Here nvidia-smi is the only probe that answers; torch is never asked.
+    import stat
+
+    from tqdit_export import hardware
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 9.0'\n")
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+
+    def torch_must_not_decide():
+        raise AssertionError("torch was asked before nvidia-smi")
+
+    probes = [(n, torch_must_not_decide if n == "torch" else p) for n, p in hardware.GPU_PROBES]
+    monkeypatch.setattr(hardware, "GPU_PROBES", tuple(probes))
+    gpus = hardware.cuda_gpus()
+    assert gpus == [CudaGpu("NVIDIA H100 80GB HBM3", "9.0", "nvidia-smi")] and gpus[0].has_fp8
+
+
+def test_without_tensorrt_the_build_says_why_and_never_asks_torch(monkeypatch):
+    from tqdit_export import build
+
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed")
+    except ImportError:
+        pass
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: (_ for _ in ()).throw(AssertionError("torch asked")))
+    assert "TensorRT is not installed" in build._engines_unavailable_reason()
+
+
+class _RecordingContext:
+    """An execution context's calls, recorded (the runner's bookkeeping is checked, not TensorRT)."""
+
+    def __init__(self, name, log):
+        self.name, self.log, self.shapes = name, log, {}
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = shape
+        return shape[0] <= 8 if shape else True  # a profile that ends at batch 8
+
+    def set_tensor_address(self, name, address):
+        pass
+
+    def get_tensor_shape(self, name):
+        return self.shapes["x"]
+
+    def execute_async_v3(self, stream):
+        self.log.append((self.name, self.shapes["x"][0], self.shapes.get("time_group")))
+        return True
+
+    def set_device_memory(self, address, size):
+        self.log.append(("memory", size))
+
+
+class _RecordingEngine:
+    def __init__(self, name, size, log):
+        self.name, self.device_memory_size_v2, self.log = name, size, log
+
+    def create_execution_context(self, strategy):
+        return _RecordingContext(self.name, self.log)
+
+
+class _HostIO:
+    """numpy on the host standing in for device memory: the runner's logic, without a GPU."""
+
+    def allocate(self, nbytes):
+        return bytearray(nbytes), 0
+
+    def stage(self, name, value, dtype):
+        import numpy as np
+
+        return np.asarray(value, dtype=dtype).shape, 0
+
+    def output(self, shape):
+        import numpy as np
+
+        return np.zeros(shape, dtype=np.float32), 0
+
+    def stream(self):
+        return 0
+
+    def finish(self, out):
+        return out
+
+    def concat(self, parts):
+        import numpy as np
+
+        return np.concatenate(parts)
+
+
+def test_one_runner_picks_the_group_engine_splits_batches_and_shares_memory():
+    # The runner both runtimes use (numpy+pycuda on the edge, torch on the host): engine per
+    # time group, the batch cut at the profile's maximum, one activation buffer of the largest size.
+    import numpy as np
+    from types import SimpleNamespace
+
+    from calibration.time_groups import TimeGroups
+    from tqdit_export.edge.trt_runtime import TrtRunner
+    from tqdit_export.onnx.manifest import Layout
+
+    log = []
+    trt = SimpleNamespace(ExecutionContextAllocationStrategy=SimpleNamespace(USER_MANAGED=2))
+    engines = [_RecordingEngine(f"group{g}", 100 * (g + 1), log) for g in range(2)]
+    runner = TrtRunner(trt, engines, TimeGroups((0, 500, 1000)), Layout.PER_GROUP, 8, _HostIO())
+    assert log == [("memory", 200), ("memory", 200)]
+    log.clear()
+    out = runner(np.zeros((20, 1, 8, 8)), np.full(20, 700), np.zeros(20, dtype=np.int64))
+    assert out.shape == (20, 1, 8, 8)
+    assert log == [("group1", 8, None), ("group1", 8, None), ("group1", 4, None)]
+    single = TrtRunner(trt, engines[:1], TimeGroups((0, 500, 1000)), Layout.SINGLE, 8, _HostIO())
+    log.clear()
+    single(np.zeros((3, 1, 8, 8)), np.full(3, 10), np.zeros(3, dtype=np.int64))
+    assert log == [("group0", 3, ())]  # the group is fed as a scalar input
+    with pytest.raises(ValueError, match="one engine per time group"):
+        TrtRunner(trt, engines[:1], TimeGroups((0, 500, 1000)), Layout.PER_GROUP, 8, _HostIO())
+
+
+def test_a_lean_runtime_alone_is_named_in_the_error(tmp_path, monkeypatch):
+    # tensorrt-lean installs the module tensorrt_lean, never `tensorrt`: the hint must look for it.
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed")
+    except ImportError:
+        pass
+    (tmp_path / "tensorrt_lean").mkdir()
+    (tmp_path / "tensorrt_lean" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match="only tensorrt_lean is installed"):
+        import_tensorrt(builder=True)

@@ -14,12 +14,11 @@ import numpy as np
 
 from calibration.time_groups import TimeGroups
 
-from ..onnx.manifest import graph_path, in_group_order, read_manifest
+from ..onnx.manifest import MANIFEST, Layout, graph_path, in_group_order, read_manifest
 
 # ClipQuantRewrite (drops a Clip that a QuantizeLinear's range makes redundant; our Clips never
 # are) fails on float8 zero points in ORT 1.32, so FP8 graphs would not load with it on.
 DISABLED_OPTIMIZERS = ["MatMulAddFusion", "ClipQuantRewrite"]
-LAYOUTS_WITH_GROUP_INPUT = ("single", "plugin")
 
 
 def make_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
@@ -54,20 +53,18 @@ class OrtDenoiser:
         export_dir = Path(export_dir)
         self.manifest = read_manifest(export_dir)
         self.groups = TimeGroups(tuple(self.manifest["time_groups"]))
-        layout = self.manifest["layout"]
+        layout = Layout.of(self.manifest.get("layout"), export_dir / MANIFEST)
         if fp32:
             if "fp32" not in self.manifest:
                 raise ValueError(f"{export_dir}: no FP32 graph; export with --fp32")
             entries = [self.manifest["fp32"]]
-        elif layout == "per-group":
+        elif layout is Layout.PER_GROUP:
             entries = in_group_order(self.manifest["graphs"], export_dir)
-        elif layout in LAYOUTS_WITH_GROUP_INPUT:
-            entries = [self.manifest["graphs"][0]]
         else:
-            raise ValueError(f"{export_dir}: layout {layout!r} is not supported by ONNX Runtime")
-        expand = layout == "plugin" and not fp32
+            entries = [self.manifest["graphs"][0]]
+        expand = layout is Layout.PLUGIN and not fp32
         self.sessions = [make_session(graph_path(export_dir, e), threads, providers, expand) for e in entries]
-        self.feeds_group = layout in LAYOUTS_WITH_GROUP_INPUT and not fp32
+        self.feeds_group = layout.feeds_time_group and not fp32
 
     def session_for(self, t: np.ndarray):
         """The session that serves timesteps `t` (per-group layout: the session of their group)."""

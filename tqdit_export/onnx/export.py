@@ -41,7 +41,7 @@ from ..hardware import cpu_has_vnni
 from ..io import atomic_folder, file_sha256
 from ..models.dit import DiT
 from .lint import LintError, lint_model
-from .manifest import MANIFEST, MANIFEST_VERSION
+from .manifest import LAYOUTS, MANIFEST, MANIFEST_VERSION
 from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 from .qdq import PRECISIONS, ActivationQDQ, GroupInput, PluginGroupInput, QDQLinear, QDQMatMul
@@ -210,7 +210,6 @@ def _graph_entry(folder: Path, name: str, **fields) -> dict:
     return entry
 
 
-LAYOUTS = ("per-group", "single", "plugin")
 
 
 def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layout: str = "per-group",

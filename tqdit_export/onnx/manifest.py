@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from enum import Enum
 from pathlib import Path
 
 from ..errors import InputWarning
@@ -11,6 +12,28 @@ from ..io import file_sha256
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+
+
+class Layout(str, Enum):
+    """How an export holds its time groups (the manifest's and build.json's "layout")."""
+
+    PER_GROUP = "per-group"  # one graph per time group, the group's scales as constants
+    SINGLE = "single"        # one graph; a time_group input selects rows of the scale tables (Gather)
+    PLUGIN = "plugin"        # one graph; the TimeGroupQuantize plugin selects the scale
+
+    @property
+    def feeds_time_group(self) -> bool:
+        """True when the graph takes the time group as an input (one graph for every group)."""
+        return self is not Layout.PER_GROUP
+
+    @classmethod
+    def of(cls, value: object, source: str | Path = "the manifest") -> "Layout":
+        """The layout named `value`, or an error naming `source` and the layouts there are."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{source}: layout {value!r} is not one of {list(LAYOUTS)}; "
+                             "write the folder again with `tqdit export` or `tqdit build`") from None
 
 
 def read_manifest(export_dir: str | Path) -> dict:
@@ -25,6 +48,9 @@ def read_manifest(export_dir: str | Path) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("graphs"), list) or not manifest["graphs"]:
         raise ValueError(f"{path}: a manifest names its graphs under 'graphs'; export the folder again with `tqdit export`")
     return manifest
+
+
+LAYOUTS = tuple(layout.value for layout in Layout)  # the names, as the CLI offers them
 
 
 def _present(folder: str | Path, name: str, what: str) -> Path:
