@@ -187,7 +187,7 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
                        fp32=graph in ("fp32", "quantize_static", "openvino fp32"), attention=attention)
         if graph.startswith("int8"):
             backend = OrtBackend(out, threads=args.threads)
-            files = [g["file"] for g in backend.manifest["graphs"]]
+            files = [g["file"] for g in backend.manifest.graphs]
         elif graph == "fp32":
             backend, files = ort_session(out / "fp32.onnx", args.threads), ["fp32.onnx"]
         elif graph == "quantize_static":

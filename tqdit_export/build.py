@@ -23,11 +23,10 @@ from pathlib import Path
 
 from calibration.record import RECORD_FILES, RECORD_JSON, CalibrationRecord
 
-from .edge.trt_runtime import BUILD_MANIFEST
 from .io import atomic_folder, file_sha256
 from .models.dit import DiT
 from .onnx import export_dit, lint_file
-from .onnx.manifest import Layout, in_group_order
+from .onnx.manifest import BUILD_MANIFEST, Layout, in_group_order
 from .targets import ENGINE_TARGETS, TARGETS, Target, record_forms_note
 
 BUILD_VERSION = 1

@@ -111,7 +111,7 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
     fp8 = ort_backend.manifest.get("precision") == "fp8"
     # An export with 7-bit weight codes (CPUs without VNNI) is compared with the same widths.
     if reduce_range is None:
-        reduce_range = bool(ort_backend.manifest["bits"].get("reduce_range"))
+        reduce_range = bool(ort_backend.manifest.raw["bits"].get("reduce_range"))
     # An export that keeps attention in float (`--attention float`) is compared with the same model.
     attention = ort_backend.manifest.get("attention", "int8") != "float"
     reference = Fp8Reference(model, record, attention) if fp8 else FakeQuantBackend(model, record, reduce_range=reduce_range,

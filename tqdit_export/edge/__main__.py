@@ -16,7 +16,6 @@ import numpy as np
 from ..diffusion.schedule import SAMPLERS, SamplerConfig
 from ..errors import UsageError, run_command
 from ..io import check_output_file, save_samples
-from ..onnx.manifest import read_manifest
 from ..diffusion.loop import sample_numpy
 
 
@@ -49,15 +48,15 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} {value}: must be at least 1")
     check_output_file(args.out)  # before the engines load and the sampling runs
     if args.engines:
-        from .trt_runtime import TrtDenoiser, read_build
+        from .trt_runtime import TrtDenoiser
 
         denoiser = TrtDenoiser(args.engines, args.plugin_library)
-        config = read_build(args.engines)["model"]["config"]
+        config = denoiser.build.model_config
     else:
         from .ort_runtime import OrtDenoiser
 
         denoiser = OrtDenoiser(args.onnx)
-        config = read_manifest(args.onnx)["model"]["config"]
+        config = denoiser.manifest.model_config
     num_classes = int(config["num_classes"])
     labels = np.full(args.num, args.cls) if args.cls is not None else np.arange(args.num) % num_classes
     if labels.min() < 0 or labels.max() >= num_classes:

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.time_groups import TimeGroups
-
-from ..onnx.manifest import MANIFEST, Layout, graph_path, in_group_order, read_manifest
+from ..onnx.manifest import ExportManifest, Layout, graph_path
 
 # ClipQuantRewrite (drops a Clip that a QuantizeLinear's range makes redundant; our Clips never
 # are) fails on float8 zero points in ORT 1.32, so FP8 graphs would not load with it on.
@@ -50,20 +48,16 @@ class OrtDenoiser:
 
     def __init__(self, export_dir: str | Path, threads: int | None = None, providers: list[str] | None = None,
                  fp32: bool = False) -> None:
-        export_dir = Path(export_dir)
-        self.manifest = read_manifest(export_dir)
-        self.groups = TimeGroups(tuple(self.manifest["time_groups"]))
-        layout = Layout.of(self.manifest.get("layout"), export_dir / MANIFEST)
+        self.manifest = ExportManifest.read(export_dir)
+        self.groups, layout = self.manifest.time_groups, self.manifest.layout
         if fp32:
-            if "fp32" not in self.manifest:
+            if self.manifest.fp32 is None:
                 raise ValueError(f"{export_dir}: no FP32 graph; export with --fp32")
-            entries = [self.manifest["fp32"]]
-        elif layout is Layout.PER_GROUP:
-            entries = in_group_order(self.manifest["graphs"], export_dir)
+            entries = [self.manifest.fp32]
         else:
-            entries = [self.manifest["graphs"][0]]
+            entries = self.manifest.graphs
         expand = layout is Layout.PLUGIN and not fp32
-        self.sessions = [make_session(graph_path(export_dir, e), threads, providers, expand) for e in entries]
+        self.sessions = [make_session(graph_path(self.manifest.folder, e), threads, providers, expand) for e in entries]
         self.feeds_group = layout.feeds_time_group and not fp32
 
     def session_for(self, t: np.ndarray):

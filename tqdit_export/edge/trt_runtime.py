@@ -13,7 +13,6 @@ the TimeGroupQuantize plugin registered first (`load_time_group_plugin`).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 from types import ModuleType
@@ -23,9 +22,8 @@ import numpy as np
 
 from calibration.time_groups import TimeGroups
 
-from ..onnx.manifest import Layout, in_group_order, verified_bytes
+from ..onnx.manifest import BUILD_MANIFEST, BuildManifest, Layout, verified_bytes
 
-BUILD_MANIFEST = "build.json"
 PLUGIN_LIBRARY_ENV = "TQDIT_TRT_PLUGIN_LIB"
 
 
@@ -255,34 +253,16 @@ class PycudaIO:
         return np.concatenate(parts)
 
 
-def read_build(build_dir: str | Path) -> dict:
-    """The build manifest, or a clear error when the folder has no engines."""
-    path = Path(build_dir) / BUILD_MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{build_dir}: no {BUILD_MANIFEST}; create it with `tqdit build`")
-    try:
-        build = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable build manifest ({err}); build the folder again with "
-                         "`tqdit build`") from err
-    if not isinstance(build, dict):
-        raise ValueError(f"{path}: not a build manifest (a JSON {type(build).__name__}); build the folder again "
-                         "with `tqdit build`")
-    if not build.get("engines"):
-        raise RuntimeError(f"{build_dir}: the build has no engines ({build.get('status', 'unknown status')}); "
-                           "rerun `tqdit build` on a machine with TensorRT and a GPU, or run its graphs with "
-                           f"ONNX Runtime (--onnx {Path(build_dir) / 'onnx'})")
-    Layout.of(build.get("layout"), path)
-    return build
+def read_build(build_dir: str | Path) -> BuildManifest:
+    """The build manifest of a `tqdit build` folder, or a clear error when it has no engines."""
+    return BuildManifest.read(build_dir)
 
 
 class TrtDenoiser:
     """`denoiser(x, t, y) -> out` on numpy arrays over the engines of a `tqdit build` folder."""
 
     def __init__(self, build_dir: str | Path, plugin_library: str | Path | None = None) -> None:
-        build_dir = Path(build_dir)
         self.build = read_build(build_dir)
-        layout = Layout.of(self.build["layout"], build_dir / BUILD_MANIFEST)
         try:
             import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
             import pycuda.driver as cuda
@@ -290,13 +270,13 @@ class TrtDenoiser:
             raise RuntimeError("the edge runtime needs pycuda (pip install pycuda) beside TensorRT "
                                "(JetPack ships TensorRT)") from err
         trt = import_tensorrt()
-        if layout is Layout.PLUGIN:
+        if self.build.layout is Layout.PLUGIN:
             load_time_group_plugin(trt, plugin_library, python_fallback=False)
-        entries = in_group_order(self.build["engines"], build_dir)
-        self.runtime, engines = deserialize_engines(trt, [(str(build_dir / e["file"]),
-                                             verified_bytes(build_dir, e["file"], e.get("sha256"))) for e in entries])
-        max_batch = int(self.build.get("target", {}).get("max_batch") or 1)
-        self.runner = TrtRunner(trt, engines, TimeGroups(tuple(self.build["time_groups"])), layout, max_batch,
+        folder = self.build.folder
+        self.runtime, engines = deserialize_engines(trt, [(str(folder / e["file"]),
+                                                           verified_bytes(folder, e["file"], e.get("sha256")))
+                                                          for e in self.build.engines])
+        self.runner = TrtRunner(trt, engines, self.build.time_groups, self.build.layout, self.build.max_batch,
                                 PycudaIO(cuda))
 
     def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -11,10 +11,8 @@ from typing import Any
 
 import torch
 
-from calibration.time_groups import TimeGroups
-
 from ..edge.trt_runtime import TrtRunner, deserialize_engines, import_tensorrt
-from ..onnx.manifest import Layout, MANIFEST, graph_path, in_group_order, read_manifest
+from ..onnx.manifest import ExportManifest, Layout, graph_path
 from .trt_build import BuildSettings, build_engine
 
 
@@ -71,15 +69,14 @@ class TrtBackend:
             raise RuntimeError("--backend trt runs the engines on torch CUDA tensors, and this torch sees no GPU "
                                f"(torch {torch.__version__}); install a CUDA build of torch, or run the engines "
                                "without torch: `tqdit build` then `python -m tqdit_export.edge --engines DIR`")
-        export_dir = Path(export_dir)
-        self.manifest = read_manifest(export_dir)
-        layout = Layout.of(self.manifest.get("layout"), export_dir / MANIFEST)
-        cache_dir = Path(cache_dir) if cache_dir else export_dir / "engines"
-        plans = [build_engine(graph_path(export_dir, g), cache_dir, settings, load_plugin=layout is Layout.PLUGIN)
-                 for g in in_group_order(self.manifest["graphs"], export_dir)]
+        self.manifest = ExportManifest.read(export_dir)
+        cache_dir = Path(cache_dir) if cache_dir else self.manifest.folder / "engines"
+        plugin = self.manifest.layout is Layout.PLUGIN
+        plans = [build_engine(graph_path(self.manifest.folder, g), cache_dir, settings, load_plugin=plugin)
+                 for g in self.manifest.graphs]
         self.runtime, engines = deserialize_engines(trt, [(str(p), p.read_bytes()) for p in plans])
-        self.runner = TrtRunner(trt, engines, TimeGroups(tuple(self.manifest["time_groups"])), layout,
-                                settings.max_batch, TorchCudaIO())
+        self.runner = TrtRunner(trt, engines, self.manifest.time_groups, self.manifest.layout, settings.max_batch,
+                                TorchCudaIO())
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.runner(x, t, y)

@@ -4,13 +4,17 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+
+from calibration.time_groups import TimeGroups
 
 from ..errors import InputWarning
 from ..io import file_sha256
 
 MANIFEST = "manifest.json"
+BUILD_MANIFEST = "build.json"
 MANIFEST_VERSION = 1
 
 
@@ -124,3 +128,75 @@ def in_group_order(entries: list[dict], source: str | Path) -> list[dict]:
         raise ValueError(f"{source}: the entries' time groups {groups} are not 0..{len(groups) - 1}, each once; "
                          "export or build the folder again")
     return sorted(entries, key=lambda e: e["time_group"])
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """An export folder's manifest as the runtimes read it: the layout, the time groups and the
+    graphs in time-group order (each checked to be 0..G-1 once). `raw` keeps every field."""
+
+    folder: Path
+    layout: Layout
+    time_groups: TimeGroups
+    graphs: list[dict]
+    fp32: dict | None
+    model_config: dict
+    raw: dict = field(repr=False)
+
+    @classmethod
+    def read(cls, export_dir: str | Path) -> "ExportManifest":
+        """The manifest of `export_dir`, or an error naming the file and how to write it again."""
+        folder = Path(export_dir)
+        raw = read_manifest(folder)
+        source = folder / MANIFEST
+        return cls(folder, Layout.of(raw.get("layout"), source), _time_groups(raw, source),
+                   in_group_order(raw["graphs"], folder), raw.get("fp32"), dict(raw.get("model", {}).get("config", {})),
+                   raw)
+
+
+@dataclass(frozen=True)
+class BuildManifest:
+    """A `tqdit build` folder's build.json as the TensorRT runtimes read it: layout, time groups,
+    the engines in time-group order and the optimisation profile's largest batch."""
+
+    folder: Path
+    layout: Layout
+    time_groups: TimeGroups
+    engines: list[dict]
+    max_batch: int
+    model_config: dict
+    raw: dict = field(repr=False)
+
+    @classmethod
+    def read(cls, build_dir: str | Path) -> "BuildManifest":
+        """build.json of `build_dir`; a clear error when it is missing, unreadable or has no engines."""
+        folder = Path(build_dir)
+        path = folder / BUILD_MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{build_dir}: no {BUILD_MANIFEST}; create it with `tqdit build`")
+        try:
+            raw = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a readable build manifest ({err}); build the folder again with "
+                             "`tqdit build`") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: not a build manifest (a JSON {type(raw).__name__}); build the folder again "
+                             "with `tqdit build`")
+        if not raw.get("engines"):
+            raise RuntimeError(f"{build_dir}: the build has no engines ({raw.get('status', 'unknown status')}); "
+                               "rerun `tqdit build` on a machine with TensorRT and a GPU, or run its graphs with "
+                               f"ONNX Runtime (--onnx {folder / 'onnx'})")
+        max_batch = (raw.get("target") or {}).get("max_batch") or 1
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise ValueError(f"{path}: target.max_batch {max_batch!r} is not a positive integer; build the folder "
+                             "again with `tqdit build`")
+        return cls(folder, Layout.of(raw.get("layout"), path), _time_groups(raw, path),
+                   in_group_order(raw["engines"], folder), max_batch,
+                   dict((raw.get("model") or {}).get("config") or {}), raw)
+
+
+def _time_groups(raw: dict, source: Path) -> TimeGroups:
+    try:
+        return TimeGroups(tuple(raw["time_groups"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{source}: no valid time_groups ({err}); write the folder again") from None
