@@ -186,7 +186,8 @@ class BuildManifest:
             raise RuntimeError(f"{build_dir}: the build has no engines ({raw.get('status', 'unknown status')}); "
                                "rerun `tqdit build` on a machine with TensorRT and a GPU, or run its graphs with "
                                f"ONNX Runtime (--onnx {folder / 'onnx'})")
-        max_batch = (raw.get("target") or {}).get("max_batch") or 1
+        # A build.json without the profile's maximum (written before builds recorded it) runs one row at a time.
+        max_batch = (raw.get("target") or {}).get("max_batch", 1)
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise ValueError(f"{path}: target.max_batch {max_batch!r} is not a positive integer; build the folder "
                              "again with `tqdit build`")
