@@ -7,8 +7,7 @@ Rows: fp; minmax (one scale for all timesteps, no MRQ/HO); tqdit (TGQ + MRQ + HO
 no-tgq, no-mrq, no-ho (TQ-DiT with one part switched off); mrq-saturate, mrq-shift, mrq-cheap
 (TQ-DiT with the saturating softmax form, the shifted GELU form, or both); tqdit-ort (the tqdit record
 exported to per-group Q/DQ ONNX and sampled with ONNX Runtime: the deployed numbers);
-tqdit-fp8-ort (the same record's clipping ranges as FP8 E4M3 Q/DQ, ONNX Runtime); mrq-cheap-ort (the mrq-cheap
-record, per-group INT8 graphs, ONNX Runtime: the cheap forms as deployed). For every (row, bits, sampler
+tqdit-fp8-ort (the same record's clipping ranges as FP8 E4M3 Q/DQ, ONNX Runtime). For every (row, bits, sampler
 steps, seed) it samples `--num` digits (balanced classes, cfg 1.5) from the same noise as
 the FP row and reports FD, class accuracy, paired PSNR vs FP, and the calibration wall
 time and peak memory (each calibration runs in its own process, so its peak RSS is its own).
@@ -62,17 +61,15 @@ ROWS = {
     "mrq-cheap": ["--softmax-mrq", "saturate", "--gelu-mrq", "shift"],
     "tqdit-ort": [],  # the tqdit record, exported per group and sampled by ONNX Runtime's INT8 kernels
     "tqdit-fp8-ort": [],  # the tqdit record's ranges as FP8 (E4M3) Q/DQ, sampled by ONNX Runtime
-    "mrq-cheap-ort": [],  # the mrq-cheap record (the targets' default forms), per-group INT8 graphs, ONNX Runtime
 }
-# Deployed rows: the record of another row, exported and sampled by ONNX Runtime
-DEPLOYED_ROWS = {"tqdit-ort": "tqdit", "tqdit-fp8-ort": "tqdit", "mrq-cheap-ort": "mrq-cheap"}
+DEPLOYED_ROWS = ("tqdit-ort", "tqdit-fp8-ort")
 
 
 def record_row(row: str) -> str | None:
     """The row whose calibration record `row` samples: its own, tqdit's for the deployed rows, None for fp."""
     if ROWS[row] is None:
         return None
-    return DEPLOYED_ROWS.get(row, row)
+    return "tqdit" if row in DEPLOYED_ROWS else row
 
 
 def record_path(workdir: Path, row: str, bits: str) -> Path:
@@ -313,8 +310,7 @@ def main(argv: list[str] | None = None) -> None:
             if row in DEPLOYED_ROWS:
                 record_dir, cost = calibrate(args.model, record_row(row), bits, args.workdir)
                 precision = "fp8" if row == "tqdit-fp8-ort" else "int8"
-                source = "" if record_row(row) == "tqdit" else f"{record_row(row)}_"  # tqdit's folders keep their names
-                onnx_dir = args.workdir / (f"onnx_{source}{bits}" + ("_fp8" if precision == "fp8" else ""))
+                onnx_dir = args.workdir / (f"onnx_{bits}" + ("_fp8" if precision == "fp8" else ""))
                 if not (onnx_dir / "manifest.json").exists():
                     export_dit(model, CalibrationRecord.load(record_dir, model), onnx_dir, precision=precision)
                 backend = OrtBackend(onnx_dir, threads=torch.get_num_threads())
