@@ -182,3 +182,22 @@ def test_cli_refuses_resume_without_checkpoint_and_a_foreign_one(tmp_path, check
     other = _cli(base[:-1] + ["--seed", "3", "--quiet", "--out", str(tmp_path / "rec")])
     assert other.returncode == 2 and "another calibration" in other.stderr and "seed" in other.stderr
     assert (tmp_path / "rec.partial" / "run.json").is_file()  # the refused run changed nothing
+
+
+# Made by the all-at-once calibration (commit ab0e9c7) on this project's AVX2 build machine:
+# `calibrate_dit(dit-digits, CalibrationConfig(), samples_per_group=32)`, seed 0.
+DIGITS_DEFAULT_FINGERPRINT = "c6855d3ea28b44c93d51792b1b5f42745c2afe8b3aadd9b615b3427b6cee4ad7"
+
+
+@pytest.mark.slow
+def test_bundled_model_default_record_is_the_one_before_streaming(tmp_path):
+    """The bundled model at the defaults (W8A8, G=10, 32 samples/group, 3 rounds), spilled to a
+    work folder, gives the record the old code gave (minutes on 2 cores; float kernels of another
+    CPU kind may round differently: the fast tests compare with the reference implementation instead)."""
+    from tqdit_export.models import resolve_model
+    from tqdit_export.quant import calibrate_dit
+
+    model = resolve_model("dit-digits").model
+    record = calibrate_dit(model, CalibrationConfig(), samples_per_group=32, progress=False,
+                           work_dir=tmp_path / "work")
+    assert record.fingerprint() == DIGITS_DEFAULT_FINGERPRINT
