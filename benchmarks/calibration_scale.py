@@ -104,6 +104,9 @@ def worker(name: str, groups: int, n: int) -> dict:
         caps.append(_capture(model, sites, data[g], denoising_loss, config, gen, recompute))
         capture_s.append(time.perf_counter() - start)
     per_group = capture_s[-1]
+    # What one group's capture spills to the work folder (the search reads it back block by block).
+    spill = sum(t.numel() * t.element_size() for c in caps[0].values() for t in
+                (c.grad2, *c.operands.values(), *c.absmax.values(), *c.percentile.values()))
     resolved = [Site(s.name, s.kind, {op: r for op, reg in s.regions.items()
                                       if (r := config.region(reg)) != "uniform"}) for s in sites]
     blocks = site_blocks(resolved)
@@ -134,6 +137,7 @@ def worker(name: str, groups: int, n: int) -> dict:
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "extrapolated": True,
         "peak_rss_mib": round(peak_rss_mib()),
+        "spill_mib": round(spill * groups / 2**20),
         "flops": work_flops(cfg, groups, n),
         "torch_threads": torch.get_num_threads(),
     }
@@ -178,15 +182,15 @@ def report(rows: list[dict], cpu: dict) -> None:
         "depth, + the final layer.",
         "",
         "| model | params | G | n/group | trajectories | capture | search | total (extrapolated) | "
-        "peak RSS MiB | measured: call s / capture s per group / first block, 1 round s | model predicts | command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS MiB | spilled captures MiB | measured: call s / capture s per group / first block, 1 round s | model predicts | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s, m = r["seconds"], r["measured"]
         pred = predict(rates, r["flops"])["total"]
         lines.append(
             f"| {r['model']} (random) | {r['params_m']}M | {r['groups']} | {r['samples_per_group']} | "
-            f"{h(s['trajectory'])} | {h(s['capture'])} | {h(s['search'])} | **{h(s['total'])}** | {r['peak_rss_mib']} | "
+            f"{h(s['trajectory'])} | {h(s['capture'])} | {h(s['search'])} | **{h(s['total'])}** | {r['peak_rss_mib']} | {r.get('spill_mib', '—')} | "
             f"{m['denoiser_call_s']} / {m['capture_group_s'][-1]} / {m['search_first_block_one_round_s']} | {h(pred)} | "
             f"`{r['command']}` |")
     lines += [
