@@ -211,6 +211,20 @@ def report(rows: list[dict], cpu: dict) -> None:
         f"{h(xl32['capture'])}, search {h(xl32['search'])}, **total {h(xl32['total'])}** on this CPU.",
         "",
         "![cost](calibration_scale.png)",
+        "",
+        "## Notes",
+        "",
+        "- The rows' peak RSS is the worker's, which holds two groups' captures of every site and runs with "
+        "glibc's default heap: freed activations of a pass stay resident (the dynamic mmap threshold). "
+        "`tqdit calibrate` fixes the threshold (`calibration.calibrate.return_freed_memory`): one DiT-S/2 capture "
+        "pass (n = 8) peaks at 762 MiB with it and 2252 MiB without, 1487 / 2807 MiB without the recomputed "
+        "blocks (`python benchmarks/calibration_memory.py --model DiT-S/2 [--return-freed] [--no-recompute]`).",
+        "- The search keeps 256 rows per site and group whatever n, so n changes the trajectories and the capture "
+        "only; G multiplies the activation search and the capture.",
+        "- Spilled captures: what `OUT.partial/capture/` holds on disk during a run (G groups).",
+        "- No full XL/2 run was made (4.7 h by this table); the parts are the code paths of a run, and the "
+        "full-run path is tested for bit-identical records on small models.",
+        "- GPU: not measured (no GPU in this session).",
     ]
     with atomic_output(OUT.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
