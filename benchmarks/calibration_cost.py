@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -50,15 +49,16 @@ def main(argv: list[str] | None = None) -> None:
             save_dit(DiT(DIT_CONFIGS[args.model]), model_arg)
         cmd = [sys.executable, "-m", "tqdit_export.cli", "calibrate", "--model", model_arg, "--bits", args.bits,
                "--groups", str(args.groups), "--samples-per-group", str(args.samples_per_group),
-               "--device", args.device, "--out", str(Path(tmp) / "record"), "--quiet"]
+               "--device", args.device, "--out", str(Path(tmp) / "record"), "--quiet",
+               "--cost-json", str(Path(tmp) / "cost.json")]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"calibration failed:\n{proc.stderr}")
-    m = re.search(r"\): ([\d.]+) s, peak RSS (\d+) MiB(?:, peak GPU memory (\d+) MiB)?", proc.stdout)
+        if proc.returncode != 0:
+            raise SystemExit(f"calibration failed:\n{proc.stderr}")
+        cost = json.loads((Path(tmp) / "cost.json").read_text())
     row = {"model": args.model + (" (random weights)" if args.model in DIT_CONFIGS else ""), "bits": args.bits,
            "groups": args.groups, "samples_per_group": args.samples_per_group, "device": args.device,
-           "machine": machine(args.device), "seconds": float(m.group(1)), "peak_rss_mib": int(m.group(2)),
-           "peak_gpu_mib": int(m.group(3)) if m.group(3) else None,
+           "machine": machine(args.device), "seconds": cost["wall_seconds"], "peak_rss_mib": round(cost["peak_rss_mib"]),
+           "peak_gpu_mib": None if cost["peak_gpu_mib"] is None else round(cost["peak_gpu_mib"]),
            "command": "python benchmarks/calibration_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(proc.stdout.strip())
     json_path = args.out.with_suffix(".json")

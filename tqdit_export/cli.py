@@ -186,16 +186,32 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from calibration.calibrate import CalibrationConfig
-    from calibration.record import RECORD_JSON
+def checkpoint_folder(out: Path) -> Path:
+    """Where `tqdit calibrate --out DIR` keeps what an interrupted run finished: DIR.partial beside DIR."""
+    return out.with_name(out.name + ".partial")
 
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import shutil
+    import signal
+
+    from calibration.calibrate import CalibrationConfig, CalibrationCost, return_freed_memory
+    from calibration.record import RECORD_JSON
+    from calibration.workdir import RUN_JSON, WorkFolder
+
+    from .errors import EXIT_INTERRUPTED
     from .models import resolve_model
     from .quant import calibrate_dit, parse_bits
 
     w_bits, a_bits = parse_bits(args.bits)
     check_counts(args, "groups", "samples_per_group", "rounds", "trajectory_steps")
     check_output_folder(args.out, RECORD_JSON)  # before minutes of calibration, not after
+    work = checkpoint_folder(args.out)
+    WorkFolder.check_foreign(work)
+    if args.resume and not (work / RUN_JSON).is_file():
+        raise UsageError(f"--resume: there is no checkpoint to continue at {work}; run without --resume to start")
+    if args.cost_json is not None:
+        check_output_file(args.cost_json)
     config = CalibrationConfig(weight_bits=w_bits, activation_bits=a_bits, num_groups=args.groups,
                                method=args.method, tgq=not args.no_tgq, mrq=not args.no_mrq, ho=not args.no_ho,
                                rounds=args.rounds, seed=args.seed, **mrq_forms(args))
@@ -203,15 +219,38 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model, device=device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    if (work / RUN_JSON).is_file() and not args.quiet:
+        done = len(list((work / "blocks").glob("block-*.safetensors")))
+        print(f"resuming from {work} ({done} finished blocks)", file=sys.stderr)
+    cost = CalibrationCost()
+    return_freed_memory()  # the resident size stays what the calibration holds, not its peak pass
+    # SIGTERM (a scheduler, `kill`) ends the run as Ctrl-C does: the finished blocks stay in `work`.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     start = time.perf_counter()
-    record = calibrate_dit(resolved.model, config, samples_per_group=args.samples_per_group, cfg_scale=args.cfg,
-                           trajectory_steps=args.trajectory_steps, clip_denoised=resolved.pixel_space,
-                           exclude=args.exclude, device=device, progress=not args.quiet)
+    try:
+        record = calibrate_dit(resolved.model, config, samples_per_group=args.samples_per_group, cfg_scale=args.cfg,
+                               trajectory_steps=args.trajectory_steps, clip_denoised=resolved.pixel_space,
+                               exclude=args.exclude, device=device, progress=not args.quiet, work_dir=work,
+                               cost=cost)
+    except KeyboardInterrupt:
+        done = len(list((work / "blocks").glob("block-*.safetensors"))) if work.is_dir() else 0
+        print(f"tqdit calibrate: interrupted; no record was written. {done} of {len(cost.blocks) or '?'} blocks "
+              f"are kept in {work}: run the same command again (or add --resume) to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     elapsed = time.perf_counter() - start
     record.method.update({"model": resolved.name, "wall_seconds": round(elapsed, 2)})
     record.save(args.out)
+    shutil.rmtree(work, ignore_errors=True)  # the record holds everything now
     peak_rss_mb = peak_rss_mib()
     gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if device.startswith("cuda") else ""
+    if args.cost_json is not None:
+        cost.extra.update({"model": resolved.name, "bits": args.bits, "groups": config.groups,
+                           "samples_per_group": args.samples_per_group, "rounds": config.rounds,
+                           "method": config.method, "device": device, "sites": len(record.sites),
+                           "wall_seconds": round(elapsed, 3), "torch_threads": torch.get_num_threads()})
+        write_json(args.cost_json, cost.to_json(device))
     print(f"calibrated {resolved.name} {args.bits} ({config.method}, tgq={config.tgq}, mrq={config.use_mrq}, "
           f"ho={config.use_ho}, G={config.groups}, {args.samples_per_group} samples/group, "
           f"{len(record.sites)} sites): {elapsed:.1f} s, peak RSS {peak_rss_mb:.0f} MiB{gpu}")
@@ -488,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     c.add_argument("--out", type=Path, required=True, help="record folder to write")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run kept in OUT.partial (rerunning the same command does too; "
+                        "with --resume a missing checkpoint is an error)")
+    c.add_argument("--cost-json", type=Path, default=None,
+                   help="write the run's cost (seconds per phase, group and block; peak memory) as JSON")
     c.set_defaults(func=cmd_calibrate)
 
     x = sub.add_parser("export", help="calibrated model + record -> Q/DQ ONNX graphs + manifest")

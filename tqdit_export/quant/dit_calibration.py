@@ -15,14 +15,18 @@ code's KL-to-FP loss with FP inputs has dL/dO ~ 0 and degenerates the weighting)
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from calibration.calibrate import CalibrationConfig, GroupData, calibrate, quantize_model
-from calibration.record import CalibrationRecord
+from calibration.calibrate import CalibrationConfig, CalibrationCost, GroupData, calibrate, quantize_model
+from calibration.record import CalibrationRecord, model_fingerprint
 from calibration.sites import Site, find_sites
 from calibration.time_groups import TimeGroups
+from calibration.workdir import WorkFolder, read_tensors, save_tensors_atomic
 
 from ..diffusion import NUM_TRAIN_TIMESTEPS, GaussianDiffusion, SamplerConfig, linear_betas, sample
 from ..engines.torch_backend import TorchBackend
@@ -123,16 +127,84 @@ def calibrate_dit(
     exclude: str | None = None,
     device: str = "cpu",
     progress: bool = True,
+    work_dir: str | Path | None = None,
+    cost: CalibrationCost | None = None,
+    max_blocks: int | None = None,
 ) -> CalibrationRecord:
-    """Calibrate a DiT end to end: trajectories -> per-group data -> search -> record."""
+    """Calibrate a DiT end to end: trajectories -> per-group data -> search -> record.
+
+    With `work_dir` the run is resumable (`calibration.calibrate`): the trajectories' data, the
+    captures and every finished block are kept there, and a second call with the same arguments
+    continues. `cost` gets the times (trajectories included) and peak memory; `max_blocks`: see
+    `calibration.calibrate.calibrate`.
+    """
     groups = TimeGroups.uniform(config.num_groups, NUM_TRAIN_TIMESTEPS)
-    data = collect_calibration_data(model, groups, samples_per_group, config.seed, cfg_scale, trajectory_steps,
-                                    clip_denoised, device, progress)
+    start = time.perf_counter()
+    settings = {"samples_per_group": samples_per_group, "seed": config.seed, "cfg_scale": cfg_scale,
+                "trajectory_steps": trajectory_steps, "clip_denoised": clip_denoised, "groups": config.num_groups}
+    meta_json = _data_meta(model, settings) if work_dir is not None else ""
+    data = _cached_data(work_dir, meta_json, device) if work_dir is not None else None
+    resumed = data is not None
+    if data is None:
+        data = collect_calibration_data(model, groups, samples_per_group, config.seed, cfg_scale, trajectory_steps,
+                                        clip_denoised, device, progress)
+        if work_dir is not None:
+            _cache_data(work_dir, meta_json, data, time.perf_counter() - start)
+    cost = cost if cost is not None else CalibrationCost()
+    cost.extra["trajectory_seconds"] = (_cached_seconds(work_dir) if resumed
+                                        else round(time.perf_counter() - start, 3))
+    cost.extra["trajectory_resumed"] = resumed
     record = calibrate(model, dit_sites(model, exclude), data, denoising_loss, config, groups,
-                       dataclasses.asdict(model.config), progress)
+                       dataclasses.asdict(model.config), progress, work_dir=work_dir, cost=cost,
+                       max_blocks=max_blocks)
     record.method.update({"samples_per_group": samples_per_group, "cfg_scale": cfg_scale,
                           "trajectory_steps": trajectory_steps})
     return record
+
+
+DATA_FILE = "data.safetensors"
+
+
+def _data_meta(model: DiT, settings: dict) -> str:
+    return json.dumps({"model_hash": model_fingerprint(model), **settings}, sort_keys=True)  # seconds on XL/2
+
+
+def _cached_data(work_dir: str | Path, meta_json: str, device: str) -> list[GroupData] | None:
+    """The calibration data an interrupted run of the same settings saved in `work_dir`, or None.
+
+    Data of other settings is refused here, before minutes of trajectories, as `calibrate`
+    would refuse the rest of that folder."""
+    path = Path(work_dir) / DATA_FILE
+    if not path.is_file():
+        return None
+    tensors, meta = read_tensors(path, device=device)
+    if meta.get("settings") != meta_json:
+        stored = json.loads(meta.get("settings", "{}"))
+        new = json.loads(meta_json)
+        differ = sorted(k for k in stored.keys() | new.keys() if stored.get(k) != new.get(k))
+        raise ValueError(f"{work_dir} holds a checkpoint of another calibration (its data differs in "
+                         f"{', '.join(differ)}); run the command that started it, or remove {work_dir} (rm -r) "
+                         "to start this one")
+    groups = int(meta["groups"])
+    return [GroupData(tuple(tensors[f"{g}/inputs/{i}"] for i in range(3)),
+                      tuple(tensors[f"{g}/target/{i}"] for i in range(4))) for g in range(groups)]
+
+
+def _cache_data(work_dir: str | Path, meta_json: str, data: list[GroupData], seconds: float) -> None:
+    folder = Path(work_dir)
+    WorkFolder.check_foreign(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for g, d in enumerate(data):
+        # Cloned: targets share storage with the inputs (x_t, t), which safetensors refuses to save.
+        tensors.update({f"{g}/inputs/{i}": t.clone() for i, t in enumerate(d.inputs)})
+        tensors.update({f"{g}/target/{i}": t.clone() for i, t in enumerate(d.target)})
+    save_tensors_atomic(folder / DATA_FILE, tensors, {"settings": meta_json,
+                                                      "groups": str(len(data)), "seconds": repr(seconds)})
+
+
+def _cached_seconds(work_dir: str | Path) -> float:
+    return round(float(read_tensors(Path(work_dir) / DATA_FILE, [])[1].get("seconds", "nan")), 3)
 
 
 class FakeQuantBackend:
