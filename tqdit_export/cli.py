@@ -15,21 +15,13 @@ import torch
 
 from calibration.search import METHODS
 
-from .diffusion import SAMPLERS, SamplerConfig, sample
+from .api import SampleSettings, balanced_labels, model_pipeline, open_backend
+from .diffusion import SAMPLERS
 from .errors import UsageError, run_command
 from .io import atomic_folder, check_output_file, check_output_folder, load_samples, save_samples, write_json
 from .targets import ENGINE_TARGETS, TARGETS, record_forms_note, target
 
 DEMO_JSON = "demo.json"  # the marker of a demo folder, written last
-
-
-def balanced_labels(num: int, num_classes: int, classes: list[int] | None = None) -> torch.Tensor:
-    """`num` labels cycling over `classes` (default all), sorted, so 500 over 10 classes is 50 each."""
-    pool = list(range(num_classes)) if not classes else classes
-    for c in pool:
-        if not 0 <= c < num_classes:
-            raise ValueError(f"--class {c} is out of range: this model has classes 0..{num_classes - 1}")
-    return torch.tensor(sorted(pool[i % len(pool)] for i in range(num)), dtype=torch.long)
 
 
 def _device(name: str) -> str:
@@ -85,42 +77,11 @@ def mrq_forms(args: argparse.Namespace) -> dict[str, str]:
             "gelu_mrq": args.gelu_mrq or (spec.gelu_mrq if spec else "paper")}
 
 
-def make_backend(args: argparse.Namespace, model, device: str):
-    """The denoiser `sample` drives: torch (FP or fake-quant with --record) or ONNX Runtime."""
-    from .engines import TorchBackend
-
-    record = None
-    if args.record is not None:
-        from calibration.record import CalibrationRecord
-
-        record = CalibrationRecord.load(args.record, model)
-    if args.backend in ("ort", "trt") and args.onnx is None:
-        raise UsageError(f"--backend {args.backend} needs --onnx DIR, a folder written by `tqdit export`")
-    if args.backend == "trt" and record is None:
-        raise UsageError("--backend trt builds the quantized graphs: give --record too")
-    if args.backend in ("ort", "trt") and record is not None:  # before any session or engine is built
-        from .onnx.manifest import check_record, read_manifest
-
-        check_record(read_manifest(args.onnx), args.onnx, record, args.record)
-    if args.backend == "trt":
-        from .engines.trt_backend import TrtBackend
-
-        return TrtBackend(args.onnx)
-    if args.backend == "ort":
-        from .engines.ort_backend import OrtBackend
-
-        return OrtBackend(args.onnx, threads=torch.get_num_threads(), fp32=record is None)
-    if record is not None:
-        from .quant import FakeQuantBackend
-
-        return FakeQuantBackend(model, record, device)
-    return TorchBackend(model, device)
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     from .models import resolve_model
 
     check_counts(args, "num", "steps")
+    SampleSettings(args.sampler, args.steps, args.cfg, args.eta, args.cfg_channels)  # refused before any loading
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1 (or leave it out: all at once)")
     if args.out is None and args.save_npz is None:
@@ -136,35 +97,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"--out: {resolved.name} makes {cfg.in_channels}-channel latents, not images; decode them with "
             "the model's VAE, or write them with --save-npz"
         )
-    cfg_channels = args.cfg_channels if args.cfg_channels is not None else resolved.cfg_channels
-    config = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=resolved.pixel_space, eta=args.eta,
-                           cfg_channels=cfg_channels)
+    backend = open_backend(resolved.model, args.record, args.backend, args.onnx, device)
+    pipeline = model_pipeline(resolved, backend, args.cfg_channels)
+    cfg_channels = pipeline.spec.cfg_channels
     labels = balanced_labels(args.num, cfg.num_classes, args.classes)
-    backend = make_backend(args, resolved.model, device)
-    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    start = time.perf_counter()
-    images = []
+    shape = pipeline.spec.shape
     batch = args.batch_size or args.num
-    for i, first in enumerate(range(0, args.num, batch)):
-        # Each chunk has its own seed, so a run is reproducible for a given (seed, batch size).
-        chunk_seed = args.seed if i == 0 else args.seed * 1_000_003 + i
-        images.append(sample(backend, labels[first:first + batch], shape, config, resolved.model.null_class,
-                             seed=chunk_seed, progress=not args.quiet))
+    start = time.perf_counter()
+    x = pipeline.sample(labels, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.cfg,
+                        eta=args.eta, batch_size=batch, progress=not args.quiet)
     elapsed = time.perf_counter() - start
-    x = torch.cat(images).numpy()
-    calls = config.steps * ((args.num + batch - 1) // batch)
-    print(f"sampled {args.num} x {shape} with {config.sampler} {config.steps} steps, cfg {config.cfg_scale}: "
+    calls = args.steps * ((args.num + batch - 1) // batch)
+    print(f"sampled {args.num} x {shape} with {args.sampler} {args.steps} steps, cfg {args.cfg}: "
           f"{elapsed:.1f} s ({1000 * elapsed / calls:.1f} ms per denoiser call, batch {batch})")
-    meta = {"model": resolved.name, "dataset": resolved.dataset, "sampler": config.sampler, "steps": config.steps,
-            "cfg": config.cfg_scale, "seed": args.seed, "batch_size": batch, "backend": backend.name,
+    meta = {"model": resolved.name, "dataset": resolved.dataset, "sampler": args.sampler, "steps": args.steps,
+            "cfg": args.cfg, "seed": args.seed, "batch_size": batch, "backend": backend.name,
             "seconds": round(elapsed, 3), "record": str(args.record) if args.record else None,
             "cfg_channels": cfg_channels}
     if args.save_npz is not None:
-        print(f"wrote {save_samples(args.save_npz, x, labels.numpy(), meta)}")
+        print(f"wrote {save_samples(args.save_npz, x, labels, meta)}")
     if args.out is not None:
         from .eval import save_image_grid
 
-        print(f"wrote {save_image_grid(x, labels.numpy(), args.out)}")
+        print(f"wrote {save_image_grid(x, labels, args.out)}")
     return 0
 
 
@@ -254,7 +209,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """
     from calibration.calibrate import CalibrationConfig
 
-    from .engines.ort_backend import OrtBackend
+    from .api import open_pipeline
     from .eval import evaluate_digits, paired_psnr, save_side_by_side
     from .models import resolve_model
     from .onnx import export_dit, lint_file
@@ -280,21 +235,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         findings = sum(len(lint_file(f)) for f in files)
         print(f"[2/4] exported {len(files) - 1} per-group Q/DQ graphs + fp32 in {time.perf_counter() - start:.1f} s; "
               f"TensorRT lint: {findings} finding(s)")
-        cfg = resolved.model.config
-        labels = balanced_labels(args.num, cfg.num_classes)
-        config = SamplerConfig("ddpm", args.steps, args.cfg, clip_denoised=True)
+        labels = balanced_labels(args.num, resolved.model.config.num_classes)
         rows = {}
-        backends = {"ORT FP32": OrtBackend(tmp / "onnx", fp32=True), f"ORT {args.bits}": OrtBackend(tmp / "onnx")}
-        for name, backend in backends.items():
+        pipelines = {"ORT FP32": open_pipeline(tmp / "onnx", fp32=True), f"ORT {args.bits}": open_pipeline(tmp / "onnx")}
+        for name, pipeline in pipelines.items():
             start = time.perf_counter()
-            x = sample(backend, labels, (cfg.in_channels, cfg.input_size, cfg.input_size), config,
-                       resolved.model.null_class, seed=args.seed, progress=not args.quiet).numpy()
+            x = pipeline.sample(labels, seed=args.seed, steps=args.steps, guidance=args.cfg, progress=not args.quiet)
             ms = 1000 * (time.perf_counter() - start) / args.steps
-            rows[name] = {"images": x, "ms_per_step": ms, **evaluate_digits(x, labels.numpy(), seed=args.seed)}
+            rows[name] = {"images": x, "ms_per_step": ms, **evaluate_digits(x, labels, seed=args.seed)}
             print(f"[3/4] sampled {args.num} digits with {name}: {ms:.0f} ms per step (batch {2 * args.num} with CFG)")
         fp, q = rows["ORT FP32"], rows[f"ORT {args.bits}"]
         q["psnr_vs_fp"] = paired_psnr(q["images"], fp["images"])
-        grid = save_side_by_side([(name, r["images"], labels.numpy()) for name, r in rows.items()],
+        grid = save_side_by_side([(name, r["images"], labels) for name, r in rows.items()],
                                  tmp / "fp32_vs_int8.png")
         write_json(tmp / DEMO_JSON,
                    {name: {k: v for k, v in r.items() if k != "images"} for name, r in rows.items()})
