@@ -1,4 +1,4 @@
-"""`tqdit` command line: sample, evaluate, calibrate, export, lint, check, build, doctor, demo.
+"""`tqdit` command line: sample, evaluate, calibrate, export, lint, check, build, triton-repo, serve, doctor, demo.
 
     tqdit sample --model dit-digits --steps 100 --cfg 1.5 --num 500 --out grid.png --save-npz s.npz
     tqdit eval --samples s.npz --json eval.json
@@ -277,6 +277,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         parse_bits(args.bits)
         check_counts(args, "groups", "samples_per_group", "rounds", "trajectory_steps")
     check_output_folder(args.out, BUILD_MANIFEST)
+    if args.triton is not None:  # its options and folder are refused before any work, too
+        from .serving.repository import REPOSITORY_MARKER
+
+        triton_options = repository_options(args)
+        check_output_folder(args.triton, REPOSITORY_MARKER)
     resolved = resolve_model(args.model)
     command = "tqdit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["build"] else ""
     with tempfile.TemporaryDirectory() as scratch:
@@ -303,12 +308,105 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"exported {len(info['sizes_bytes']['onnx'])} {info['layout']} graph(s) ({onnx_mib:.2f} MiB), "
           f"lint findings: {info['lint']['findings']} -> {args.out}")
     if status == ENGINES_MISSING:
+        if args.triton is not None:
+            print(f"tqdit build: --triton {args.triton}: not written, there are no engines to serve (the CPU "
+                  f"graphs serve with `tqdit triton-repo --from {args.out}/onnx --out {args.triton}`)",
+                  file=sys.stderr)
         print(f"tqdit build: engines not built: {info['reason']}\n"
               f"  the ONNX graphs, lint.json and build.json (status onnx-only) are in {args.out}; rerun on a "
               f"machine with TensorRT and a GPU, e.g. with --record {args.out}/record", file=sys.stderr)
         return status
     print(f"built {len(info['engines'])} engine(s) with TensorRT {info['tensorrt']} on {info['gpu']}")
+    if args.triton is not None:
+        from .serving.repository import lint_repository, write_repository
+
+        repo = write_repository(args.out, args.triton, triton_options)
+        print(f"wrote a Triton repository ({', '.join(repo['models'])}) to {args.triton}")
+        return _lint_report(args.triton, lint_repository)
     return 0
+
+
+def add_repository_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a Triton repository, shared by `triton-repo` and `build --triton`."""
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="images per sampler batch (default 64 on the CPU; TensorRT: half the engines' "
+                             "profile maximum, as guidance doubles every batch)")
+    parser.add_argument("--sampler-instances", type=int, default=2, help="sampler model instances (default 2)")
+    parser.add_argument("--denoiser-instances", type=int, default=1, help="instances per denoiser (default 1)")
+    parser.add_argument("--no-dynamic-batching", action="store_true",
+                        help="one request per model call (default: Triton's dynamic batcher, 2 ms queue delay)")
+    parser.add_argument("--queue-delay-us", type=int, default=2000,
+                        help="dynamic batcher's max queue delay in microseconds (default 2000)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads per CPU denoiser instance (default 0: ORT's, the "
+                             "physical cores)")
+
+
+def repository_options(args: argparse.Namespace):
+    from .serving.repository import RepositoryOptions
+
+    return RepositoryOptions(max_images=args.max_images, sampler_instances=args.sampler_instances,
+                             denoiser_instances=args.denoiser_instances,
+                             dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
+                             threads=args.threads)
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from .serving.repository import REPOSITORY_MARKER, lint_repository, write_repository
+
+    options = repository_options(args)
+    check_output_folder(args.out, REPOSITORY_MARKER)
+    info = write_repository(args.source, args.out, options)
+    print(f"wrote a Triton repository ({info['runtime']}, {info['layout']} layout, models "
+          f"{', '.join(info['models'])}; up to {info['max_images']} images per request) to {args.out}")
+    return _lint_report(args.out, lint_repository)
+
+
+def _lint_report(repo: Path, lint) -> int:
+    try:
+        findings = lint(repo)
+    except RuntimeError as err:  # no tritonclient: the repository stands, unchecked
+        print(f"tqdit: note: config.pbtxt not checked: {err}", file=sys.stderr)
+        return 0
+    for f in findings:
+        print(f"  {f}", file=sys.stderr)
+    print(f"Triton config schema: {'ok' if not findings else f'{len(findings)} finding(s)'}")
+    return 1 if findings else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run tritonserver over --repo until SIGINT / SIGTERM, then stop it and wait for it."""
+    import signal
+
+    from .serving.server import TritonServer, make_stub_environment
+
+    if args.setup:
+        print(f"stub environment: {make_stub_environment()}")
+    server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, host=args.host,
+                          log=args.log or "-", exit_timeout=args.exit_timeout)
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"tqdit serve: starting {server.install.binary} ({server.install.kind}) over {args.repo}", flush=True)
+        server.start(timeout=args.timeout)
+        print(f"tqdit serve: ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics "
+              f"{server.host}:{server.metrics_port}/metrics; Ctrl-C stops", flush=True)
+        while stop["signal"] is None and server.alive():
+            time.sleep(0.2)
+        if stop["signal"] is None:
+            print(f"tqdit serve: tritonserver exited by itself (status {server.process.returncode})", file=sys.stderr)
+            return 1
+        status = server.stop()
+        print(f"tqdit serve: stopped ({signal.Signals(stop['signal']).name}; tritonserver exit status {status})")
+        return 0
+    finally:
+        server.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -501,8 +599,32 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plugin-library", type=Path, default=None,
                    help="libtqdit_trt_plugins.so for the plugin layout (default: the Python plugin)")
     b.add_argument("--out", type=Path, required=True, help="build folder to write")
+    b.add_argument("--triton", type=Path, default=None, metavar="DIR",
+                   help="also write a Triton model repository of the engines to DIR (see `tqdit triton-repo`)")
+    add_repository_arguments(b)
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_build)
+
+    tr = sub.add_parser("triton-repo", help="export or build folder -> Triton Inference Server model repository")
+    tr.add_argument("--from", dest="source", type=Path, required=True,
+                    help="an export folder (ONNX Runtime on the CPU) or a `tqdit build` folder with engines (TensorRT)")
+    tr.add_argument("--out", type=Path, required=True, help="repository folder to write")
+    add_repository_arguments(tr)
+    tr.set_defaults(func=cmd_triton_repo)
+
+    sv = sub.add_parser("serve", help="run tritonserver over a repository on localhost until Ctrl-C / SIGTERM")
+    sv.add_argument("--repo", type=Path, required=True, help="a repository written by `tqdit triton-repo`")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--http-port", type=int, default=8000, help="default 8000")
+    sv.add_argument("--grpc-port", type=int, default=8001, help="default 8001")
+    sv.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics (default 8002)")
+    sv.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for ready (default 180)")
+    sv.add_argument("--exit-timeout", type=int, default=10,
+                    help="seconds Triton waits for in-flight requests when stopping (default 10)")
+    sv.add_argument("--log", type=Path, default=None, help="write the server's log here (default: this terminal)")
+    sv.add_argument("--setup", action="store_true",
+                    help="first create the Python environment of the backend stubs (make setup does it)")
+    sv.set_defaults(func=cmd_serve)
 
     dr = sub.add_parser("doctor", help="report what this machine can run (torch, ORT, VNNI, GPU, TensorRT, pycuda)")
     dr.add_argument("--json", action="store_true", help="machine-readable output")
