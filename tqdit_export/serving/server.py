@@ -149,6 +149,12 @@ class TritonServer:
 
         read_repository(repo)  # a clear error before any process starts
         self.repo = Path(repo).resolve()
+        if any(c.isspace() for c in str(self.repo)):
+            # The Python backend starts its stubs with a command line split on spaces: each stub then
+            # dies parsing a piece of the path as a number (std::invalid_argument: stol), and the
+            # server never becomes ready.
+            raise ValueError(f"--repo {self.repo}: Triton's Python backend cannot load models from a path with "
+                             "spaces; move or copy the repository to a path without them")
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
         self.install = install or find_tritonserver()
         self.exit_timeout = exit_timeout
