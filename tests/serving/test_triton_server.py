@@ -128,12 +128,32 @@ def test_a_cancelled_request_leaves_the_server_serving(server, digits_export):
     _, export = digits_export
     done = queue.Queue()
     with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        def stats(model):
+            return c.get_inference_statistics(model_name=model).model_stats[0]
+
+        def denoiser_calls():
+            return sum(stats(f"tqdit_denoiser_g{g}").execution_count for g in (0, 1))
+
+        def finished():
+            sampler = stats("tqdit_sampler").inference_stats
+            return sampler.success.count + sampler.fail.count
+
+        calls_before, finished_before = denoiser_calls(), finished()
         call = c.async_infer("tqdit_sampler", _inputs(grpcclient, [2] * 4, steps=1000),
                              callback=lambda result, error: done.put((result, error)))
         time.sleep(1.0)  # let it reach the sampler (not a timed assert: any moment is a valid test)
         call.cancel()
         result, error = done.get(timeout=60)
         assert result is None and "cancel" in str(error).lower()
+
+        # The sampler notices at its next step and answers CANCELLED long before its 1000 steps:
+        # its execution ends (Triton counts it) and the denoisers saw far fewer calls.
+        for _ in range(600):
+            if finished() > finished_before:
+                break
+            time.sleep(0.1)
+        assert finished() > finished_before
+        assert denoiser_calls() - calls_before < 1000
         r = c.infer("tqdit_sampler", _inputs(grpcclient, [2], seed=5, steps=4))
     np.testing.assert_array_equal(r.as_numpy("samples"), open_pipeline(export).sample([2], seed=5, steps=4))
     assert server.alive()
