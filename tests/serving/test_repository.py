@@ -140,3 +140,24 @@ def test_a_sound_request_parses_with_defaults():
     r = parse_request(_inputs(), SPEC)
     assert r.labels == (3, 3) and r.seed == 0 and r.settings.steps == 10
     assert r.settings.sampler == "ddpm" and r.settings.guidance == 1.5
+
+
+def test_single_layout_has_one_unbatched_denoiser_fed_the_time_group(digits_export, tmp_path):
+    record, _ = digits_export
+    export = tmp_path / "single"
+    assert main(["export", "--model", "dit-digits", "--record", str(record), "--layout", "single",
+                 "--out", str(export)]) == 0
+    info = write_repository(export, tmp_path / "repo")
+    assert info["models"] == ["tqdit_sampler", "tqdit_denoiser"]
+    config = (tmp_path / "repo" / "tqdit_denoiser" / "config.pbtxt").read_text()
+    assert "max_batch_size: 0" in config and '"time_group"' in config and "dynamic_batching" not in config
+    assert lint_repository(tmp_path / "repo") == []
+
+
+def test_build_triton_without_engines_writes_no_repository_and_says_how(digits_export, tmp_path, capsys):
+    record, _ = digits_export
+    code = main(["build", "--record", str(record), "--target", "h100", "--out", str(tmp_path / "build"),
+                 "--triton", str(tmp_path / "triton"), "--quiet"])
+    assert code == 3  # ENGINES_MISSING: no TensorRT or GPU here
+    err = capsys.readouterr().err
+    assert "--triton" in err and "tqdit triton-repo --from" in err and not (tmp_path / "triton").exists()

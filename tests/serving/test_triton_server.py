@@ -211,3 +211,14 @@ def test_tqdit_serve_waits_until_ready_and_stops_cleanly_on_a_signal(repo, tmp_p
         proc.kill()
     assert proc.returncode == 0, err
     assert f"stopped ({signame}" in out
+
+
+def test_the_single_layout_serves_the_same_draw_as_the_api(digits_export, tmp_path):
+    record, _ = digits_export
+    export, repo = tmp_path / "single", tmp_path / "repo"
+    assert main(["export", "--model", "dit-digits", "--record", str(record), "--layout", "single",
+                 "--out", str(export)]) == 0
+    assert main(["triton-repo", "--from", str(export), "--out", str(repo), "--max-images", "4"]) == 0
+    with _server(repo) as s, grpcclient.InferenceServerClient(s.grpc_url) as c:
+        r = c.infer("tqdit_sampler", _inputs(grpcclient, [1, 6], seed=4, steps=6))
+    np.testing.assert_array_equal(r.as_numpy("samples"), open_pipeline(export).sample([1, 6], seed=4, steps=6))

@@ -117,8 +117,12 @@ def denoiser_config(denoiser: Denoiser, spec: ModelSpec, platform: str, max_batc
                   _tensor("y", "TYPE_INT64", (1,), flat)]
         outputs = [_tensor("out", "TYPE_FP32", (2 * c, h, w))]
     else:
+        # The graphs' time_group is a 0-d scalar, which a non-batching Triton model cannot declare (an
+        # empty reshape is refused: "scalar tensors are not supported"): it is sent as [1]. The Python
+        # model reshapes it to (); whether TensorRT's backend binds [1] to a 0-d engine input has not
+        # been checked (no TensorRT here): prefer the per-group layout for Triton on GPUs.
         inputs = [_tensor("x", "TYPE_FP32", (-1, c, h, w)), _tensor("t", "TYPE_INT64", (-1,)),
-                  _tensor("y", "TYPE_INT64", (-1,)), _tensor("time_group", "TYPE_INT64", (1,), ())]
+                  _tensor("y", "TYPE_INT64", (-1,)), _tensor("time_group", "TYPE_INT64", (1,))]
         outputs = [_tensor("out", "TYPE_FP32", (-1, 2 * c, h, w))]
     batch = max_batch if denoiser.batched else 0
     head = f'name: "{denoiser.name}"\n'
