@@ -7,7 +7,7 @@ import pytest
 
 from tqdit_export.cli import main
 from tqdit_export.io import file_sha256
-from tqdit_export.serving.repository import (REPOSITORY_MARKER, RepositoryOptions, lint_model_config,
+from tqdit_export.serving.repository import (RepositoryOptions, lint_model_config,
                                              lint_repository, read_repository, write_repository)
 from tqdit_export.serving.triton_sampler import parse_request
 from tqdit_export.api import ModelSpec

@@ -28,6 +28,7 @@ try:  # present only inside Triton's Python backend stub
 except ImportError:  # pragma: no cover - imported by tests and docs outside Triton
     pb_utils = None
 
+SAMPLER_NAME = "tqdit_sampler"  # repository.SAMPLER_MODEL (not imported: the stub needs no more than this)
 DEFAULT_SAMPLER = "ddpm"
 DEFAULT_GUIDANCE = 1.5
 
@@ -167,5 +168,3 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.pipeline = None
 
-
-SAMPLER_NAME = "tqdit_sampler"
