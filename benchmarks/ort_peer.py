@@ -26,10 +26,8 @@ import torch
 
 from calibration.record import CalibrationRecord
 from calibration.time_groups import TimeGroups
-from tqdit_export.cli import balanced_labels
-from tqdit_export.diffusion import SamplerConfig, sample
-from tqdit_export.edge.ort_runtime import make_session
-from tqdit_export.engines.ort_backend import OrtBackend
+from tqdit_export.api import ModelSpec, OrtSessionDenoiser, Pipeline, balanced_labels
+from tqdit_export.edge.ort_runtime import OrtDenoiser
 from tqdit_export.eval import evaluate_digits, paired_psnr
 from tqdit_export.hardware import cpu_has_vnni, cpu_name
 from tqdit_export.io import atomic_output, load_samples, write_json
@@ -49,15 +47,6 @@ class _Reader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.batches, None)
-
-
-class _SessionBackend:
-    def __init__(self, session) -> None:
-        self.session = session
-
-    def __call__(self, x, t, y):
-        feeds = {"x": x.numpy().astype(np.float32), "t": t.numpy().astype(np.int64), "y": y.numpy().astype(np.int64)}
-        return torch.from_numpy(self.session.run(["out"], feeds)[0])
 
 
 def ms_per_call(run, feeds: dict, repeats: int) -> float:
@@ -109,9 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         export_dit(model, record, ours_dir)
 
     threads = torch.get_num_threads()
-    sessions = {"ORT FP32": make_session(fp32, threads), "ORT quantize_static W8A8": make_session(peer, threads)}
-    backends = {**{k: _SessionBackend(s) for k, s in sessions.items()}, "TQ-DiT W8A8 (ours, per-group)":
-                OrtBackend(ours_dir, threads=threads)}
+    backends = {"ORT FP32": OrtSessionDenoiser(fp32, threads), "ORT quantize_static W8A8": OrtSessionDenoiser(peer, threads),
+                "TQ-DiT W8A8 (ours, per-group)": OrtDenoiser(ours_dir, threads=threads)}
+    spec = ModelSpec(1, 8, 10, pixel_space=True)
     fp_path = Path("runs/quality") / f"fp_ddpm{args.steps}_seed{args.seed}_n{args.num}.npz"
     fp_images = load_samples(fp_path)[0] if fp_path.exists() else None
     labels = balanced_labels(args.num, 10)
@@ -119,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     previous = json.loads(json_path.read_text()) if json_path.exists() else {}
     rows_by_graph = {r["graph"]: r for r in previous.get("rows", [])}
     torch.manual_seed(1)
-    feeds = {"x": torch.randn(8, 1, 8, 8), "t": torch.full((8,), 500), "y": torch.tensor([0, 1, 2, 3, 10, 10, 10, 10])}
+    feeds = {"x": torch.randn(8, 1, 8, 8).numpy(), "t": np.full((8,), 500), "y": np.array([0, 1, 2, 3, 10, 10, 10, 10])}
     for name, backend in backends.items():
         row = rows_by_graph.setdefault(name, {"graph": name})
         if args.part in ("speed", "both"):
@@ -127,9 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                                                           args.repeats), 2)
         if args.part in ("quality", "both"):
             start = time.perf_counter()
-            x = sample(backend, labels, (1, 8, 8), SamplerConfig("ddpm", args.steps, 1.5, clip_denoised=True),
-                       model.null_class, seed=args.seed, progress=False).numpy()
-            metrics = evaluate_digits(x, labels.numpy(), seed=args.seed)
+            x = Pipeline(backend, spec).sample(labels, seed=args.seed, steps=args.steps, guidance=1.5)
+            metrics = evaluate_digits(x, labels, seed=args.seed)
             row.update(fd=metrics["fd"], accuracy=metrics["accuracy"],
                        psnr_vs_fp=paired_psnr(x, fp_images) if fp_images is not None and name != "ORT FP32" else None,
                        sample_seconds=round(time.perf_counter() - start, 1))

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from calibration.record import CalibrationRecord, model_fingerprint
-from tqdit_export.cli import balanced_labels
+from tqdit_export.api import balanced_labels
 from tqdit_export.diffusion import SamplerConfig, sample
 from tqdit_export.engines import TorchBackend
 from tqdit_export.engines.ort_backend import OrtBackend
@@ -163,9 +163,9 @@ def retime_calibrations(model: str, rows: list[str], bits_list: list[str], workd
 def draw(backend, num: int, steps: int, seed: int, num_classes: int, null_class: int) -> tuple[np.ndarray, np.ndarray]:
     """`num` samples exactly as `tqdit sample --num num --seed seed` draws them (one batch)."""
     labels = balanced_labels(num, num_classes)
-    x = sample(backend, labels, (1, 8, 8), SamplerConfig("ddpm", steps, 1.5, clip_denoised=True), null_class,
-               seed=seed, progress=False)
-    return x.numpy(), labels.numpy()
+    x = sample(backend, torch.from_numpy(labels), (1, 8, 8), SamplerConfig("ddpm", steps, 1.5, clip_denoised=True),
+               null_class, seed=seed, progress=False)
+    return x.numpy(), labels
 
 
 def _first(group: list[dict], key: str):
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
                         continue
                     start = time.perf_counter()
                     if row == "fp":
-                        images, labels = fp_samples(steps, seed), balanced_labels(args.num, 10).numpy()
+                        images, labels = fp_samples(steps, seed), balanced_labels(args.num, 10)
                     else:
                         images, labels = draw(backend, args.num, steps, seed, 10, model.null_class)
                     metrics = evaluate_digits(images, labels, seed=seed)

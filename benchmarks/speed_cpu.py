@@ -33,7 +33,8 @@ import torch
 from calibration.calibrate import CalibrationConfig
 from calibration.record import CalibrationRecord
 from calibration.sites import Site
-from tqdit_export.engines.ort_backend import OrtBackend
+from tqdit_export.api import OrtSessionDenoiser
+from tqdit_export.edge.ort_runtime import OrtDenoiser
 from tqdit_export.io import atomic_output, write_json
 from tqdit_export.models import DIT_CONFIGS, DiT, resolve_model
 from tqdit_export.hardware import cpu_description, cpu_has_vnni
@@ -96,24 +97,11 @@ QUICK_VARIANTS = ("fp32", "int8 plain", "int8 + paper MRQ (full TQ-DiT, paper fo
                   "peer: ORT quantize_static (QDQ, min-max, one graph)", "peer: OpenVINO, our cheap-MRQ Q/DQ graph")
 
 
-class _Session:
-    """A denoiser over one ONNX graph (no time groups: fp32 and the peers' graphs)."""
-
-    def __init__(self, run) -> None:
-        self.run = run
-
-    def __call__(self, x, t, y):
-        return self.run({"x": x.numpy(), "t": t.numpy().astype("int64"), "y": y.numpy().astype("int64")})
+def ort_session(path: Path, threads: int) -> OrtSessionDenoiser:
+    return OrtSessionDenoiser(path, threads)
 
 
-def ort_session(path: Path, threads: int) -> _Session:
-    from tqdit_export.edge.ort_runtime import make_session
-
-    session = make_session(path, threads)
-    return _Session(lambda feeds: session.run(["out"], feeds)[0])
-
-
-def openvino_session(path: Path, threads: int) -> _Session | None:
+def openvino_session(path: Path, threads: int) -> OrtSessionDenoiser | None:
     """OpenVINO's CPU plugin compiling the same ONNX graph, or None when openvino is not installed."""
     try:
         import openvino as ov
@@ -123,7 +111,7 @@ def openvino_session(path: Path, threads: int) -> _Session | None:
     compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1})
     request = compiled.create_infer_request()
     out = compiled.output(0)
-    return _Session(lambda feeds: request.infer(feeds)[out])
+    return OrtSessionDenoiser(run=lambda feeds: request.infer(feeds)[out])
 
 
 def quantize_static_graph(fp32: Path, model: DiT, out: Path) -> Path:
@@ -186,7 +174,7 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
             export_dit(model, records[rec], out, layout="per-group" if layout == "—" else layout,
                        fp32=graph in ("fp32", "quantize_static", "openvino fp32"), attention=attention)
         if graph.startswith("int8"):
-            backend = OrtBackend(out, threads=args.threads)
+            backend = OrtDenoiser(out, threads=args.threads)
             files = [g["file"] for g in backend.manifest.graphs]
         elif graph == "fp32":
             backend, files = ort_session(out / "fp32.onnx", args.threads), ["fp32.onnx"]
@@ -201,7 +189,7 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
             if backend is None:
                 print(f"{variant}: openvino is not installed (pip install openvino): skipped", flush=True)
                 continue
-        ms = time_calls(backend, x, t, y, args.repeats)
+        ms = time_calls(backend, x.numpy(), t.numpy(), y.numpy(), args.repeats)
         size = sum((out / f).stat().st_size for f in files)
         fp32_ms = ms if graph == "fp32" else fp32_ms
         plain_ms = ms if variant == "int8 plain" else plain_ms

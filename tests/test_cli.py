@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from tqdit_export.cli import balanced_labels, main
+from tqdit_export.api import balanced_labels
+from tqdit_export.cli import main
 from tqdit_export.io import load_samples
 from tqdit_export.models import save_dit
 
@@ -17,7 +18,7 @@ def tiny_checkpoint(tmp_path, make_tiny_dit):
 
 
 def test_balanced_labels():
-    assert balanced_labels(500, 10).bincount().tolist() == [50] * 10
+    assert np.bincount(balanced_labels(500, 10)).tolist() == [50] * 10
     assert balanced_labels(4, 10, [3, 7]).tolist() == [3, 3, 7, 7]
     with pytest.raises(ValueError, match="--class 12"):
         balanced_labels(4, 10, [12])

@@ -43,7 +43,7 @@ def no_work(monkeypatch):
 
     monkeypatch.setattr(tqdit_export.quant, "calibrate_dit", fail)
     monkeypatch.setattr(tqdit_export.onnx, "export_dit", fail)
-    monkeypatch.setattr("tqdit_export.cli.sample", fail)
+    monkeypatch.setattr("tqdit_export.api.sample_numpy", fail)
     monkeypatch.setattr("tqdit_export.eval.evaluate_digits", fail)
 
 

@@ -1,4 +1,4 @@
-"""`tqdit` command line: sample, evaluate, calibrate, export, lint, check, build, doctor, demo.
+"""`tqdit` command line: sample, evaluate, calibrate, export, lint, check, build, triton-repo, serve, doctor, demo.
 
     tqdit sample --model dit-digits --steps 100 --cfg 1.5 --num 500 --out grid.png --save-npz s.npz
     tqdit eval --samples s.npz --json eval.json
@@ -15,22 +15,14 @@ import torch
 
 from calibration.search import METHODS
 
-from .diffusion import SAMPLERS, SamplerConfig, sample
+from .api import SampleSettings, balanced_labels, model_pipeline, open_backend
+from .diffusion import SAMPLERS
 from .errors import UsageError, run_command
 from .onnx.manifest import LAYOUTS
 from .io import atomic_folder, check_output_file, check_output_folder, load_samples, save_samples, write_json
 from .targets import ENGINE_TARGETS, TARGETS, record_forms_note, target
 
 DEMO_JSON = "demo.json"  # the marker of a demo folder, written last
-
-
-def balanced_labels(num: int, num_classes: int, classes: list[int] | None = None) -> torch.Tensor:
-    """`num` labels cycling over `classes` (default all), sorted, so 500 over 10 classes is 50 each."""
-    pool = list(range(num_classes)) if not classes else classes
-    for c in pool:
-        if not 0 <= c < num_classes:
-            raise ValueError(f"--class {c} is out of range: this model has classes 0..{num_classes - 1}")
-    return torch.tensor(sorted(pool[i % len(pool)] for i in range(num)), dtype=torch.long)
 
 
 def _device(name: str) -> str:
@@ -86,42 +78,11 @@ def mrq_forms(args: argparse.Namespace) -> dict[str, str]:
             "gelu_mrq": args.gelu_mrq or (spec.gelu_mrq if spec else "paper")}
 
 
-def make_backend(args: argparse.Namespace, model, device: str):
-    """The denoiser `sample` drives: torch (FP or fake-quant with --record) or ONNX Runtime."""
-    from .engines import TorchBackend
-
-    record = None
-    if args.record is not None:
-        from calibration.record import CalibrationRecord
-
-        record = CalibrationRecord.load(args.record, model)
-    if args.backend in ("ort", "trt") and args.onnx is None:
-        raise UsageError(f"--backend {args.backend} needs --onnx DIR, a folder written by `tqdit export`")
-    if args.backend == "trt" and record is None:
-        raise UsageError("--backend trt builds the quantized graphs: give --record too")
-    if args.backend in ("ort", "trt") and record is not None:  # before any session or engine is built
-        from .onnx.manifest import check_record, read_manifest
-
-        check_record(read_manifest(args.onnx), args.onnx, record, args.record)
-    if args.backend == "trt":
-        from .engines.trt_backend import TrtBackend
-
-        return TrtBackend(args.onnx)
-    if args.backend == "ort":
-        from .engines.ort_backend import OrtBackend
-
-        return OrtBackend(args.onnx, threads=torch.get_num_threads(), fp32=record is None)
-    if record is not None:
-        from .quant import FakeQuantBackend
-
-        return FakeQuantBackend(model, record, device)
-    return TorchBackend(model, device)
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     from .models import resolve_model
 
     check_counts(args, "num", "steps")
+    SampleSettings(args.sampler, args.steps, args.cfg, args.eta, args.cfg_channels)  # refused before any loading
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1 (or leave it out: all at once)")
     if args.out is None and args.save_npz is None:
@@ -137,35 +98,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"--out: {resolved.name} makes {cfg.in_channels}-channel latents, not images; decode them with "
             "the model's VAE, or write them with --save-npz"
         )
-    cfg_channels = args.cfg_channels if args.cfg_channels is not None else resolved.cfg_channels
-    config = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=resolved.pixel_space, eta=args.eta,
-                           cfg_channels=cfg_channels)
+    backend = open_backend(resolved.model, args.record, args.backend, args.onnx, device)
+    pipeline = model_pipeline(resolved, backend, args.cfg_channels)
+    cfg_channels = pipeline.spec.cfg_channels
     labels = balanced_labels(args.num, cfg.num_classes, args.classes)
-    backend = make_backend(args, resolved.model, device)
-    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    start = time.perf_counter()
-    images = []
+    shape = pipeline.spec.shape
     batch = args.batch_size or args.num
-    for i, first in enumerate(range(0, args.num, batch)):
-        # Each chunk has its own seed, so a run is reproducible for a given (seed, batch size).
-        chunk_seed = args.seed if i == 0 else args.seed * 1_000_003 + i
-        images.append(sample(backend, labels[first:first + batch], shape, config, resolved.model.null_class,
-                             seed=chunk_seed, progress=not args.quiet))
+    start = time.perf_counter()
+    x = pipeline.sample(labels, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.cfg,
+                        eta=args.eta, batch_size=batch, progress=not args.quiet)
     elapsed = time.perf_counter() - start
-    x = torch.cat(images).numpy()
-    calls = config.steps * ((args.num + batch - 1) // batch)
-    print(f"sampled {args.num} x {shape} with {config.sampler} {config.steps} steps, cfg {config.cfg_scale}: "
+    calls = args.steps * ((args.num + batch - 1) // batch)
+    print(f"sampled {args.num} x {shape} with {args.sampler} {args.steps} steps, cfg {args.cfg}: "
           f"{elapsed:.1f} s ({1000 * elapsed / calls:.1f} ms per denoiser call, batch {batch})")
-    meta = {"model": resolved.name, "dataset": resolved.dataset, "sampler": config.sampler, "steps": config.steps,
-            "cfg": config.cfg_scale, "seed": args.seed, "batch_size": batch, "backend": backend.name,
+    meta = {"model": resolved.name, "dataset": resolved.dataset, "sampler": args.sampler, "steps": args.steps,
+            "cfg": args.cfg, "seed": args.seed, "batch_size": batch, "backend": backend.name,
             "seconds": round(elapsed, 3), "record": str(args.record) if args.record else None,
             "cfg_channels": cfg_channels}
     if args.save_npz is not None:
-        print(f"wrote {save_samples(args.save_npz, x, labels.numpy(), meta)}")
+        print(f"wrote {save_samples(args.save_npz, x, labels, meta)}")
     if args.out is not None:
         from .eval import save_image_grid
 
-        print(f"wrote {save_image_grid(x, labels.numpy(), args.out)}")
+        print(f"wrote {save_image_grid(x, labels, args.out)}")
     return 0
 
 
@@ -294,7 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """
     from calibration.calibrate import CalibrationConfig
 
-    from .engines.ort_backend import OrtBackend
+    from .api import open_pipeline
     from .eval import evaluate_digits, paired_psnr, save_side_by_side
     from .models import resolve_model
     from .onnx import export_dit, lint_file
@@ -320,21 +275,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         findings = sum(len(lint_file(f)) for f in files)
         print(f"[2/4] exported {len(files) - 1} per-group Q/DQ graphs + fp32 in {time.perf_counter() - start:.1f} s; "
               f"TensorRT lint: {findings} finding(s)")
-        cfg = resolved.model.config
-        labels = balanced_labels(args.num, cfg.num_classes)
-        config = SamplerConfig("ddpm", args.steps, args.cfg, clip_denoised=True)
+        labels = balanced_labels(args.num, resolved.model.config.num_classes)
         rows = {}
-        backends = {"ORT FP32": OrtBackend(tmp / "onnx", fp32=True), f"ORT {args.bits}": OrtBackend(tmp / "onnx")}
-        for name, backend in backends.items():
+        pipelines = {"ORT FP32": open_pipeline(tmp / "onnx", fp32=True), f"ORT {args.bits}": open_pipeline(tmp / "onnx")}
+        for name, pipeline in pipelines.items():
             start = time.perf_counter()
-            x = sample(backend, labels, (cfg.in_channels, cfg.input_size, cfg.input_size), config,
-                       resolved.model.null_class, seed=args.seed, progress=not args.quiet).numpy()
+            x = pipeline.sample(labels, seed=args.seed, steps=args.steps, guidance=args.cfg, progress=not args.quiet)
             ms = 1000 * (time.perf_counter() - start) / args.steps
-            rows[name] = {"images": x, "ms_per_step": ms, **evaluate_digits(x, labels.numpy(), seed=args.seed)}
+            rows[name] = {"images": x, "ms_per_step": ms, **evaluate_digits(x, labels, seed=args.seed)}
             print(f"[3/4] sampled {args.num} digits with {name}: {ms:.0f} ms per step (batch {2 * args.num} with CFG)")
         fp, q = rows["ORT FP32"], rows[f"ORT {args.bits}"]
         q["psnr_vs_fp"] = paired_psnr(q["images"], fp["images"])
-        grid = save_side_by_side([(name, r["images"], labels.numpy()) for name, r in rows.items()],
+        grid = save_side_by_side([(name, r["images"], labels) for name, r in rows.items()],
                                  tmp / "fp32_vs_int8.png")
         write_json(tmp / DEMO_JSON,
                    {name: {k: v for k, v in r.items() if k != "images"} for name, r in rows.items()})
@@ -365,6 +317,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         parse_bits(args.bits)
         check_counts(args, "groups", "samples_per_group", "rounds", "trajectory_steps")
     check_output_folder(args.out, BUILD_MANIFEST)
+    if args.triton is not None:  # its options and folder are refused before any work, too
+        from .serving.repository import REPOSITORY_MARKER
+
+        triton_options = repository_options(args)
+        check_output_folder(args.triton, REPOSITORY_MARKER)
     resolved = resolve_model(args.model)
     command = "tqdit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["build"] else ""
     with tempfile.TemporaryDirectory() as scratch:
@@ -393,12 +350,105 @@ def cmd_build(args: argparse.Namespace) -> int:
     for note in info.get("notes", []):
         print(f"note: {note}")
     if status == ENGINES_MISSING:
+        if args.triton is not None:
+            print(f"tqdit build: --triton {args.triton}: not written, there are no engines to serve (the CPU "
+                  f"graphs serve with `tqdit triton-repo --from {args.out}/onnx --out {args.triton}`)",
+                  file=sys.stderr)
         print(f"tqdit build: engines not built: {info['reason']}\n"
               f"  the ONNX graphs, lint.json and build.json (status onnx-only) are in {args.out}; rerun on a "
               f"machine with TensorRT and a GPU, e.g. with --record {args.out}/record", file=sys.stderr)
         return status
     print(f"built {len(info['engines'])} engine(s) with TensorRT {info['tensorrt']} on {info['gpu']}")
+    if args.triton is not None:
+        from .serving.repository import lint_repository, write_repository
+
+        repo = write_repository(args.out, args.triton, triton_options)
+        print(f"wrote a Triton repository ({', '.join(repo['models'])}) to {args.triton}")
+        return _lint_report(args.triton, lint_repository)
     return 0
+
+
+def add_repository_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a Triton repository, shared by `triton-repo` and `build --triton`."""
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="images per sampler batch (default 64 on the CPU; TensorRT: half the engines' "
+                             "profile maximum, as guidance doubles every batch)")
+    parser.add_argument("--sampler-instances", type=int, default=2, help="sampler model instances (default 2)")
+    parser.add_argument("--denoiser-instances", type=int, default=1, help="instances per denoiser (default 1)")
+    parser.add_argument("--no-dynamic-batching", action="store_true",
+                        help="one request per model call (default: Triton's dynamic batcher, 2 ms queue delay)")
+    parser.add_argument("--queue-delay-us", type=int, default=2000,
+                        help="dynamic batcher's max queue delay in microseconds (default 2000)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads per CPU denoiser instance (default 0: ORT's, the "
+                             "physical cores)")
+
+
+def repository_options(args: argparse.Namespace):
+    from .serving.repository import RepositoryOptions
+
+    return RepositoryOptions(max_images=args.max_images, sampler_instances=args.sampler_instances,
+                             denoiser_instances=args.denoiser_instances,
+                             dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
+                             threads=args.threads)
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from .serving.repository import REPOSITORY_MARKER, lint_repository, write_repository
+
+    options = repository_options(args)
+    check_output_folder(args.out, REPOSITORY_MARKER)
+    info = write_repository(args.source, args.out, options)
+    print(f"wrote a Triton repository ({info['runtime']}, {info['layout']} layout, models "
+          f"{', '.join(info['models'])}; up to {info['max_images']} images per request) to {args.out}")
+    return _lint_report(args.out, lint_repository)
+
+
+def _lint_report(repo: Path, lint) -> int:
+    try:
+        findings = lint(repo)
+    except RuntimeError as err:  # no tritonclient: the repository stands, unchecked
+        print(f"tqdit: note: config.pbtxt not checked: {err}", file=sys.stderr)
+        return 0
+    for f in findings:
+        print(f"  {f}", file=sys.stderr)
+    print(f"Triton config schema: {'ok' if not findings else f'{len(findings)} finding(s)'}")
+    return 1 if findings else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run tritonserver over --repo until SIGINT / SIGTERM, then stop it and wait for it."""
+    import signal
+
+    from .serving.server import TritonServer, make_stub_environment
+
+    if args.setup:
+        print(f"stub environment: {make_stub_environment()}")
+    server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, host=args.host,
+                          log=args.log or "-", exit_timeout=args.exit_timeout)
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"tqdit serve: starting {server.install.binary} ({server.install.kind}) over {args.repo}", flush=True)
+        server.start(timeout=args.timeout)
+        print(f"tqdit serve: ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics "
+              f"{server.host}:{server.metrics_port}/metrics; Ctrl-C stops", flush=True)
+        while stop["signal"] is None and server.alive():
+            time.sleep(0.2)
+        if stop["signal"] is None:
+            print(f"tqdit serve: tritonserver exited by itself (status {server.process.returncode})", file=sys.stderr)
+            return 1
+        status = server.stop()
+        print(f"tqdit serve: stopped ({signal.Signals(stop['signal']).name}; tritonserver exit status {status})")
+        return 0
+    finally:
+        server.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -596,8 +646,32 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plugin-library", type=Path, default=None,
                    help="libtqdit_trt_plugins.so for the plugin layout (default: the Python plugin)")
     b.add_argument("--out", type=Path, required=True, help="build folder to write")
+    b.add_argument("--triton", type=Path, default=None, metavar="DIR",
+                   help="also write a Triton model repository of the engines to DIR (see `tqdit triton-repo`)")
+    add_repository_arguments(b)
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_build)
+
+    tr = sub.add_parser("triton-repo", help="export or build folder -> Triton Inference Server model repository")
+    tr.add_argument("--from", dest="source", type=Path, required=True,
+                    help="an export folder (ONNX Runtime on the CPU) or a `tqdit build` folder with engines (TensorRT)")
+    tr.add_argument("--out", type=Path, required=True, help="repository folder to write")
+    add_repository_arguments(tr)
+    tr.set_defaults(func=cmd_triton_repo)
+
+    sv = sub.add_parser("serve", help="run tritonserver over a repository on localhost until Ctrl-C / SIGTERM")
+    sv.add_argument("--repo", type=Path, required=True, help="a repository written by `tqdit triton-repo`")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--http-port", type=int, default=8000, help="default 8000")
+    sv.add_argument("--grpc-port", type=int, default=8001, help="default 8001")
+    sv.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics (default 8002)")
+    sv.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for ready (default 180)")
+    sv.add_argument("--exit-timeout", type=int, default=10,
+                    help="seconds Triton waits for in-flight requests when stopping (default 10)")
+    sv.add_argument("--log", type=Path, default=None, help="write the server's log here (default: this terminal)")
+    sv.add_argument("--setup", action="store_true",
+                    help="first create the Python environment of the backend stubs (make setup does it)")
+    sv.set_defaults(func=cmd_serve)
 
     dr = sub.add_parser("doctor", help="report what this machine can run (torch, ORT, VNNI, GPU, TensorRT, pycuda)")
     dr.add_argument("--json", action="store_true", help="machine-readable output")

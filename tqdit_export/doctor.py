@@ -68,6 +68,17 @@ def _nvidia_smi() -> list[str] | None:
     return [line.strip() for line in proc.stdout.splitlines() if line.strip()] or None
 
 
+def _tritonserver() -> dict | None:
+    from .serving.server import find_tritonserver, stub_environment_path
+
+    try:
+        install = find_tritonserver()
+    except FileNotFoundError:
+        return None
+    return {"binary": str(install.binary), "kind": install.kind,
+            "stub_environment": (stub_environment_path() / "bin" / "python3").is_file()}
+
+
 def report() -> dict:
     """Everything `tqdit doctor` prints."""
     trt = _probe(_tensorrt)
@@ -88,6 +99,8 @@ def report() -> dict:
         "cuda_gpus": [{"name": g.name, "compute_capability": g.compute_capability, "seen_by": g.source} for g in gpus],
         "nvcc": _probe(_nvcc),
         "cxx": shutil.which("c++") or shutil.which("g++"),
+        "tritonserver": _probe(_tritonserver),
+        "tritonclient": _version("tritonclient"),
         "can": {
             "calibrate_and_export": isinstance(torch_info, dict),
             "ort_int8": isinstance(_probe(_onnxruntime), dict),
@@ -96,6 +109,7 @@ def report() -> dict:
             "build_trt_fp8_engines": bool(can_build and fp8_gpu),
             "edge_runtime_trt": isinstance(trt, dict) and _version("pycuda") is not None,
             "compile_plugin_kernel": shutil.which("nvcc") is not None,
+            "serve_with_triton": isinstance(_probe(_tritonserver), dict) and _version("tritonclient") is not None,
         },
     }
 
@@ -118,6 +132,8 @@ def format_report(info: dict) -> str:
         f"pycuda       {show(info['pycuda'])}",
         f"nvidia-smi   {show(info['nvidia_smi'])}",
         f"nvcc         {show(info['nvcc'])}",
+        f"tritonserver {info['tritonserver']['binary']} ({info['tritonserver']['kind']})"
+        if isinstance(info["tritonserver"], dict) else f"tritonserver {show(info['tritonserver'])}",
         "",
         "can: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in info["can"].items()),
     ]

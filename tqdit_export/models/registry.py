@@ -43,6 +43,12 @@ class ResolvedModel:
     cfg_channels: int | None = None
 
 
+def is_digits_architecture(in_channels: int, input_size: int, num_classes: int) -> bool:
+    """The digits architecture (1 channel, 8x8, 10 classes): such a user checkpoint samples pixels
+    (x0 clipped to [-1, 1]) and is evaluated as digits; any other is read as a latent model."""
+    return in_channels == 1 and input_size == 8 and num_classes == 10
+
+
 def resolve_model(name_or_path: str, device: str = "cpu") -> ResolvedModel:
     """Load a bundled model by name, or any supported checkpoint file/folder by path."""
     from ..diffusion.schedule import OFFICIAL_CFG_CHANNELS
@@ -65,7 +71,8 @@ def resolve_model(name_or_path: str, device: str = "cpu") -> ResolvedModel:
     fmt = checkpoint_format(path)
     model = load_checkpoint(path).to(device).eval()
     # A user checkpoint of the digits architecture is read as digits; anything else as latents.
-    is_digits = model.config.in_channels == 1 and model.config.input_size == 8 and model.config.num_classes == 10
+    c = model.config
+    is_digits = is_digits_architecture(c.in_channels, c.input_size, c.num_classes)
     official_guidance = fmt == "official" and model.config.in_channels > OFFICIAL_CFG_CHANNELS
     return ResolvedModel(model, str(path), is_digits, "digits" if is_digits else None,
                          OFFICIAL_CFG_CHANNELS if official_guidance else None)

@@ -1,0 +1,163 @@
+"""The Triton repository writer and its config linter (no server needed)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tqdit_export.cli import main
+from tqdit_export.io import file_sha256
+from tqdit_export.serving.repository import (RepositoryOptions, lint_model_config,
+                                             lint_repository, read_repository, write_repository)
+from tqdit_export.serving.triton_sampler import parse_request
+from tqdit_export.api import ModelSpec
+
+pytest.importorskip("tritonclient.grpc")
+
+
+def test_cpu_repository_has_triton_layout_and_passes_the_schema(digits_export, tmp_path, capsys):
+    _, export = digits_export
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", "--from", str(export), "--out", str(repo)]) == 0
+    assert "Triton config schema: ok" in capsys.readouterr().out
+    info = read_repository(repo)
+    assert info["models"] == ["tqdit_sampler", "tqdit_denoiser_g0", "tqdit_denoiser_g1"]
+    for name in info["models"]:
+        assert (repo / name / "config.pbtxt").is_file() and (repo / name / "1" / "model.py").is_file()
+    manifest = json.loads((export / "manifest.json").read_text())
+    for g in manifest["graphs"]:  # self-contained: the graphs are copied, byte for byte
+        assert file_sha256(repo / f"tqdit_denoiser_g{g['time_group']}" / "1" / "model.onnx") == g["sha256"]
+    pipeline = json.loads((repo / "tqdit_sampler" / "1" / "pipeline.json").read_text())
+    assert pipeline["time_groups"] == manifest["time_groups"] and pipeline["spec"]["pixel_space"] is True
+    config = (repo / "tqdit_sampler" / "config.pbtxt").read_text()
+    assert "max_batch_size: 64" in config and "dynamic_batching" in config and "count: 2" in config
+    assert "max_batch_size: 128" in (repo / "tqdit_denoiser_g0" / "config.pbtxt").read_text()
+    assert lint_repository(repo) == []
+
+
+def test_without_dynamic_batching_and_an_existing_foreign_folder(digits_export, tmp_path, capsys):
+    _, export = digits_export
+    repo = tmp_path / "repo"
+    write_repository(export, repo, RepositoryOptions(dynamic_batching=False, max_images=8, sampler_instances=1))
+    assert "dynamic_batching" not in (repo / "tqdit_sampler" / "config.pbtxt").read_text()
+    assert "max_batch_size: 8" in (repo / "tqdit_sampler" / "config.pbtxt").read_text()
+    # Written again over itself: fine. Over a folder holding a user's file: refused, nothing lost.
+    write_repository(export, repo)
+    (repo / "notes.txt").write_text("mine")
+    assert main(["triton-repo", "--from", str(export), "--out", str(repo)]) == 2
+    assert "notes.txt" in capsys.readouterr().err and (repo / "notes.txt").read_text() == "mine"
+    assert main(["triton-repo", "--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 2
+    assert "tqdit export" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+
+
+def _fake_build(export, folder, max_batch=64, layout_from_export=True):
+    """A `tqdit build` folder as a GPU machine leaves it: build.json naming one engine per group."""
+    shutil.copytree(export, folder / "onnx")
+    (folder / "engines").mkdir()
+    manifest = json.loads((export / "manifest.json").read_text())
+    engines = []
+    for g in manifest["graphs"]:
+        plan = folder / "engines" / f"g{g['time_group']}.plan"
+        plan.write_bytes(b"not a real plan " + bytes([g["time_group"]]))
+        engines.append({"file": f"engines/{plan.name}", "time_group": g["time_group"], "sha256": file_sha256(plan)})
+    (folder / "build.json").write_text(json.dumps({"status": "complete", "engines": engines,
+                                                   "target": {"name": "h100", "max_batch": max_batch}}))
+    return folder
+
+
+def test_gpu_repository_serves_tensorrt_plans_and_passes_the_schema(digits_export, tmp_path):
+    _, export = digits_export
+    build = _fake_build(export, tmp_path / "build")
+    repo = tmp_path / "repo"
+    info = write_repository(build, repo)
+    assert info["platform"] == "tensorrt_plan" and info["max_images"] == 32
+    config = (repo / "tqdit_denoiser_g1" / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in config and "KIND_GPU" in config and "max_batch_size: 64" in config
+    assert "reshape: { shape: [  ] }" in config  # the engines take t and y as (N,)
+    assert (repo / "tqdit_denoiser_g1" / "1" / "model.plan").read_bytes() == b"not a real plan \x01"
+    assert not (repo / "tqdit_denoiser_g1" / "1" / "model.py").exists()
+    assert lint_repository(repo) == []
+    with pytest.raises(ValueError, match="--max-images 40"):
+        write_repository(build, tmp_path / "r2", RepositoryOptions(max_images=40))
+    # An engine changed after the build wrote it is refused.
+    (build / "engines" / "g0.plan").write_bytes(b"edited")
+    with pytest.raises(ValueError, match="changed after it was written"):
+        write_repository(build, tmp_path / "r3")
+    assert not (tmp_path / "r3").exists()
+
+
+def test_an_onnx_only_build_is_refused_with_what_to_do(digits_export, tmp_path):
+    _, export = digits_export
+    build = _fake_build(export, tmp_path / "build")
+    (build / "build.json").write_text(json.dumps({"status": "onnx-only", "reason": "no GPU", "engines": []}))
+    with pytest.raises(ValueError, match="--from .*onnx"):
+        write_repository(build, tmp_path / "repo")
+
+
+def test_the_linter_finds_what_triton_would_refuse(digits_export, tmp_path):
+    _, export = digits_export
+    repo = tmp_path / "repo"
+    write_repository(export, repo)
+    config = repo / "tqdit_denoiser_g0" / "config.pbtxt"
+    text = config.read_text()
+    config.write_text(text.replace("TYPE_FP32", "TYPE_FLOAT32", 1))
+    assert "not a Triton ModelConfig" in lint_model_config(config)[0]
+    config.write_text(text.replace('name: "tqdit_denoiser_g0"', 'name: "other"'))
+    assert any("differs from its folder" in f for f in lint_model_config(config))
+    config.write_text(text.replace("max_batch_size: 128", "max_batch_size: 0"))
+    assert any("dynamic_batching needs" in f for f in lint_model_config(config))
+    (repo / "tqdit_denoiser_g0" / "1" / "model.py").unlink()
+    config.write_text(text)
+    assert any("no model.py" in f for f in lint_model_config(config))
+
+
+SPEC = ModelSpec(1, 8, 10, True)
+
+
+def _inputs(n=2, **over):
+    base = {"class_label": np.full((n, 1), 3), "seed": np.zeros((n, 1)), "steps": np.full((n, 1), 10),
+            "sampler": None, "guidance_scale": None}
+    base.update(over)
+    return base
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"class_label": np.array([[3], [10]])}, "class 10 is out of range"),
+    ({"class_label": np.array([[-1], [1]])}, "class -1 is out of range"),
+    ({"steps": np.zeros((2, 1))}, "steps 0"),
+    ({"steps": np.full((2, 1), 1001)}, "steps 1001"),
+    ({"guidance_scale": np.full((2, 1), -1.0)}, "guidance scale -1"),
+    ({"sampler": np.array([[b"euler"], [b"euler"]], dtype=object)}, "euler"),
+    ({"seed": np.array([[0], [1]])}, "'seed' differs"),
+    ({"seed": None}, "'seed' is missing"),
+])
+def test_sampler_requests_are_checked_with_a_message_naming_the_input(over, message):
+    with pytest.raises(ValueError, match=message):
+        parse_request(_inputs(**over), SPEC)
+
+
+def test_a_sound_request_parses_with_defaults():
+    r = parse_request(_inputs(), SPEC)
+    assert r.labels == (3, 3) and r.seed == 0 and r.settings.steps == 10
+    assert r.settings.sampler == "ddpm" and r.settings.guidance == 1.5
+
+
+def test_single_layout_has_one_unbatched_denoiser_fed_the_time_group(digits_export, tmp_path):
+    record, _ = digits_export
+    export = tmp_path / "single"
+    assert main(["export", "--model", "dit-digits", "--record", str(record), "--layout", "single",
+                 "--out", str(export)]) == 0
+    info = write_repository(export, tmp_path / "repo")
+    assert info["models"] == ["tqdit_sampler", "tqdit_denoiser"]
+    config = (tmp_path / "repo" / "tqdit_denoiser" / "config.pbtxt").read_text()
+    assert "max_batch_size: 0" in config and '"time_group"' in config and "dynamic_batching" not in config
+    assert lint_repository(tmp_path / "repo") == []
+
+
+def test_build_triton_without_engines_writes_no_repository_and_says_how(digits_export, tmp_path, capsys):
+    record, _ = digits_export
+    code = main(["build", "--record", str(record), "--target", "h100", "--out", str(tmp_path / "build"),
+                 "--triton", str(tmp_path / "triton"), "--quiet"])
+    assert code == 3  # ENGINES_MISSING: no TensorRT or GPU here
+    err = capsys.readouterr().err
+    assert "--triton" in err and "tqdit triton-repo --from" in err and not (tmp_path / "triton").exists()

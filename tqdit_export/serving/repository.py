@@ -1,0 +1,308 @@
+"""A Triton model repository for a quantized DiT, in Triton's documented layout:
+
+    REPO/
+      tqdit_repository.json          what was written, from what (written last: the marker)
+      tqdit_sampler/                 Python backend (BLS): labels, seed, steps, sampler, guidance -> images
+        config.pbtxt
+        1/model.py, 1/pipeline.json  model spec, time groups, which denoiser serves which group
+      tqdit_denoiser_g0/ ...         one per time group (per-group layout), or tqdit_denoiser (single/plugin)
+        config.pbtxt
+        1/model.plan                 TensorRT targets: platform tensorrt_plan
+        1/model.onnx + 1/model.py    CPU: a Python-backend model running the graph with ONNX Runtime
+
+The CPU denoisers are Python-backend models rather than `platform: onnxruntime_onnx`: the
+Q/DQ MatMuls reach ONNX Runtime's integer kernels only with the `MatMulAddFusion` optimizer
+disabled (1.59x over FP32 on a DiT block; 0.75x with defaults), which Triton's ONNX Runtime
+backend cannot be told, and the tritonserver of the nvidia-pytriton wheel ships only the
+Python backend. The repository copies the graphs / engines (self-contained); its Python
+code is this package, which the Python environment of the server must have installed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..api import ModelSpec, export_folder_of, spec_of_config
+from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS
+from ..io import atomic_folder, file_sha256
+from ..onnx.manifest import graph_path, in_group_order, read_manifest, verified_file
+
+REPOSITORY_MARKER = "tqdit_repository.json"
+REPOSITORY_VERSION = 1
+SAMPLER_MODEL = "tqdit_sampler"
+PIPELINE_JSON = "pipeline.json"
+LAYOUTS_WITH_GROUP_INPUT = ("single", "plugin")
+DEFAULT_MAX_IMAGES = 64  # images per sampler batch on the CPU (the denoiser then takes 2x: CFG pairs)
+
+SAMPLER_MODEL_PY = '''"""tqdit sampler (Triton Python backend, BLS): the code is tqdit_export.serving.triton_sampler."""
+from tqdit_export.serving.triton_sampler import TritonPythonModel  # noqa: F401
+'''
+ORT_DENOISER_MODEL_PY = '''"""tqdit denoiser on ONNX Runtime (Triton Python backend): the code is tqdit_export.serving.triton_ort_denoiser."""
+from tqdit_export.serving.triton_ort_denoiser import TritonPythonModel  # noqa: F401
+'''
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """How the repository serves. Defaults: up to 64 images per sampler batch on the CPU (TensorRT:
+    half the engines' profile maximum, as CFG doubles the batch), 2 sampler instances and 1
+    instance per denoiser, dynamic batching on with a 2 ms queue delay, ONNX Runtime with its
+    default intra-op threads (the physical cores)."""
+
+    max_images: int | None = None
+    sampler_instances: int = 2
+    denoiser_instances: int = 1
+    dynamic_batching: bool = True
+    queue_delay_us: int = 2000
+    threads: int = 0  # ONNX Runtime intra-op threads per denoiser instance; 0: ORT's default
+    pixel_space: bool | None = None  # default: the registry's rule (the digits architecture samples pixels)
+    cfg_channels: int | None = None  # default: all epsilon channels guided
+
+    def __post_init__(self) -> None:
+        for name in ("sampler_instances", "denoiser_instances"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"--max-images {self.max_images}: must be at least 1")
+        if self.queue_delay_us < 0 or self.threads < 0:
+            raise ValueError("--queue-delay-us and --threads must be >= 0")
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """One denoiser model of the repository: its name, the time group it serves ("input": every
+    group, fed `time_group`), and whether Triton batches it (max_batch_size > 0)."""
+
+    name: str
+    time_group: int | str
+    batched: bool
+
+
+def _dims(values: tuple[int, ...]) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]"
+
+
+def _tensor(name: str, dtype: str, dims: tuple[int, ...], reshape: tuple[int, ...] | None = None,
+            optional: bool = False) -> str:
+    fields = [f'name: "{name}"', f"data_type: {dtype}", f"dims: {_dims(dims)}"]
+    if reshape is not None:
+        fields.append(f"reshape: {{ shape: {_dims(reshape)} }}")
+    if optional:
+        fields.append("optional: true")
+    return "  {\n    " + "\n    ".join(fields) + "\n  }"
+
+
+def _batching(options: RepositoryOptions, max_batch: int) -> str:
+    if not options.dynamic_batching or max_batch == 0:
+        return ""
+    return (f"dynamic_batching {{\n  max_queue_delay_microseconds: {options.queue_delay_us}\n}}\n")
+
+
+def denoiser_config(denoiser: Denoiser, spec: ModelSpec, platform: str, max_batch: int,
+                    options: RepositoryOptions, parameters: dict[str, str]) -> str:
+    """config.pbtxt of one denoiser model: x (C,H,W) FP32, t and y INT64 per row, out (2C,H,W) FP32.
+
+    Batched (per-group layout): t and y are dims [1] reshaped to the graphs' (N,). The single and
+    plugin layouts take a scalar `time_group` beside the batch, which Triton cannot batch (two
+    requests of different groups cannot share one call), so they run unbatched (max_batch_size 0).
+    """
+    c, h, w = spec.shape
+    if denoiser.batched:
+        # TensorRT's (N,) t and y: dims [1] reshaped away. The Python backend gets (N, 1) as sent: with
+        # a reshape to [] its input byte sizes came out 0 (tritonserver 2.51), so it flattens them itself.
+        flat = () if platform == "tensorrt_plan" else None
+        inputs = [_tensor("x", "TYPE_FP32", (c, h, w)), _tensor("t", "TYPE_INT64", (1,), flat),
+                  _tensor("y", "TYPE_INT64", (1,), flat)]
+        outputs = [_tensor("out", "TYPE_FP32", (2 * c, h, w))]
+    else:
+        # The graphs' time_group is a 0-d scalar, which a non-batching Triton model cannot declare (an
+        # empty reshape is refused: "scalar tensors are not supported"): it is sent as [1]. The Python
+        # model reshapes it to (); whether TensorRT's backend binds [1] to a 0-d engine input has not
+        # been checked (no TensorRT here): prefer the per-group layout for Triton on GPUs.
+        inputs = [_tensor("x", "TYPE_FP32", (-1, c, h, w)), _tensor("t", "TYPE_INT64", (-1,)),
+                  _tensor("y", "TYPE_INT64", (-1,)), _tensor("time_group", "TYPE_INT64", (1,))]
+        outputs = [_tensor("out", "TYPE_FP32", (-1, 2 * c, h, w))]
+    batch = max_batch if denoiser.batched else 0
+    head = f'name: "{denoiser.name}"\n'
+    if platform == "tensorrt_plan":
+        head += 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"\n'
+        kind = "KIND_GPU"
+    else:
+        head += 'backend: "python"\n'
+        kind = "KIND_CPU"
+    text = (head + f"max_batch_size: {batch}\n"
+            + "input [\n" + ",\n".join(inputs) + "\n]\n"
+            + "output [\n" + ",\n".join(outputs) + "\n]\n"
+            + f"instance_group [\n  {{\n    count: {options.denoiser_instances}\n    kind: {kind}\n  }}\n]\n"
+            + _batching(options, batch))
+    for key, value in parameters.items():
+        text += f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
+    return text
+
+
+def sampler_config(spec: ModelSpec, max_images: int, options: RepositoryOptions) -> str:
+    """config.pbtxt of the sampler: every input is one value per image (Triton batches along the
+    images); seed, steps, sampler and guidance_scale must be equal over the rows of one request."""
+    c, h, w = spec.shape
+    inputs = [_tensor("class_label", "TYPE_INT64", (1,)), _tensor("seed", "TYPE_INT64", (1,)),
+              _tensor("steps", "TYPE_INT32", (1,)), _tensor("sampler", "TYPE_STRING", (1,), optional=True),
+              _tensor("guidance_scale", "TYPE_FP32", (1,), optional=True)]
+    outputs = [_tensor("images", "TYPE_UINT8", (h, w, c)), _tensor("samples", "TYPE_FP32", (c, h, w))]
+    return (f'name: "{SAMPLER_MODEL}"\nbackend: "python"\nmax_batch_size: {max_images}\n'
+            + "input [\n" + ",\n".join(inputs) + "\n]\n"
+            + "output [\n" + ",\n".join(outputs) + "\n]\n"
+            + f"instance_group [\n  {{\n    count: {options.sampler_instances}\n    kind: KIND_CPU\n  }}\n]\n"
+            + _batching(options, max_images)
+            + f'parameters {{\n  key: "pipeline"\n  value: {{ string_value: "{PIPELINE_JSON}" }}\n}}\n')
+
+
+def _source(folder: Path) -> tuple[str, Path, dict, dict | None]:
+    """(kind "ort" | "tensorrt", export folder, its manifest, build.json or None) of `--from`."""
+    from ..edge.trt_runtime import BUILD_MANIFEST
+
+    build_json = folder / BUILD_MANIFEST
+    if build_json.is_file():
+        build = json.loads(build_json.read_text())
+        if not build.get("engines"):
+            raise ValueError(f"--from {folder}: the build has no TensorRT engines ({build.get('status')}: "
+                             f"{build.get('reason', 'no reason recorded')}); build on a machine with TensorRT and "
+                             f"a GPU, or serve its graphs on the CPU with --from {folder / 'onnx'}")
+        export = folder / "onnx"
+        return "tensorrt", export, read_manifest(export), build
+    export = export_folder_of(folder)
+    return "ort", export, read_manifest(export), None
+
+
+def write_repository(source: str | Path, out: str | Path, options: RepositoryOptions = RepositoryOptions()) -> dict:
+    """Write the Triton repository for `source` (an export folder: ONNX Runtime on the CPU; a build
+    folder with engines: TensorRT) to `out`, atomically; returns the contents of its marker file."""
+    source, out = Path(source), Path(out)
+    kind, export, manifest, build = _source(source)
+    layout = manifest["layout"]
+    spec = spec_of_config(manifest["model"]["config"], str(manifest.get("calibration", {}).get("model", "")),
+                          options.pixel_space, options.cfg_channels)
+    if kind == "tensorrt":
+        profile_max = int(build["target"]["max_batch"])
+        entries = in_group_order(build["engines"], source / "build.json")
+        platform = "tensorrt_plan"
+    else:
+        profile_max = 2 * (options.max_images or DEFAULT_MAX_IMAGES)
+        entries = in_group_order(manifest["graphs"], export)
+        platform = "python"
+    max_images = options.max_images or max(1, profile_max // 2)
+    if 2 * max_images > profile_max:
+        raise ValueError(f"--max-images {max_images}: the engines' profile takes at most {profile_max} rows, and "
+                         f"guidance doubles every batch; use --max-images {profile_max // 2} or less")
+    batched = layout not in LAYOUTS_WITH_GROUP_INPUT
+    denoisers = [Denoiser(f"tqdit_denoiser_g{e['time_group']}" if batched else "tqdit_denoiser",
+                          e["time_group"], batched) for e in entries]
+    with atomic_folder(out, REPOSITORY_MARKER) as tmp:
+        files = {}
+        for d, entry in zip(denoisers, entries):
+            version = tmp / d.name / "1"
+            version.mkdir(parents=True)
+            if kind == "tensorrt":
+                plan = verified_file(source, entry["file"], entry.get("sha256"), "engine")
+                shutil.copy2(plan, version / "model.plan")
+                params = {}
+                if layout == "plugin":  # TensorRT's backend loads the C++ plugin: --backend-config=tensorrt,plugins=
+                    params["plugin_library"] = "libtqdit_trt_plugins.so"
+                files[d.name] = {"file": "model.plan", "sha256": file_sha256(version / "model.plan")}
+            else:
+                graph = graph_path(export, entry)
+                shutil.copy2(graph, version / "model.onnx")
+                if "external_data" in entry:  # the graph names its data file: keep the name beside it
+                    shutil.copy2(export / entry["external_data"], version / entry["external_data"])
+                (version / "model.py").write_text(ORT_DENOISER_MODEL_PY)
+                params = {"graph": "model.onnx", "threads": str(options.threads),
+                          "expand_plugin_nodes": "1" if layout == "plugin" else "0"}
+                files[d.name] = {"file": "model.onnx", "sha256": file_sha256(version / "model.onnx")}
+            (tmp / d.name / "config.pbtxt").write_text(
+                denoiser_config(d, spec, platform, 2 * max_images, options, params))
+        version = tmp / SAMPLER_MODEL / "1"
+        version.mkdir(parents=True)
+        (version / "model.py").write_text(SAMPLER_MODEL_PY)
+        pipeline = {"version": REPOSITORY_VERSION, "spec": spec.as_json(), "layout": layout,
+                    "time_groups": list(manifest["time_groups"]), "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+                    "max_images": max_images, "denoisers": [asdict(d) for d in denoisers]}
+        (version / PIPELINE_JSON).write_text(json.dumps(pipeline, indent=2, sort_keys=True) + "\n")
+        (tmp / SAMPLER_MODEL / "config.pbtxt").write_text(sampler_config(spec, max_images, options))
+        info = {"version": REPOSITORY_VERSION, "source": str(source), "runtime": kind, "layout": layout,
+                "platform": platform, "model": manifest["model"], "max_images": max_images,
+                "models": [SAMPLER_MODEL] + [d.name for d in denoisers], "files": files,
+                "options": asdict(options)}
+        (tmp / REPOSITORY_MARKER).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
+
+
+def read_repository(repo: str | Path) -> dict:
+    """The marker of a repository written by `write_repository`, or an error saying how to write one."""
+    path = Path(repo) / REPOSITORY_MARKER
+    if not path.is_file():
+        raise FileNotFoundError(f"--repo {repo}: no {REPOSITORY_MARKER}; write the repository with "
+                                "`tqdit triton-repo --from EXPORT_OR_BUILD_DIR --out DIR`")
+    return json.loads(path.read_text())
+
+
+def lint_model_config(path: str | Path) -> list[str]:
+    """Findings in one config.pbtxt: parsed with Triton's own ModelConfig protobuf (tritonclient's
+    model_config_pb2: unknown fields or enum values are errors), then the rules Triton applies
+    when it loads a model. Empty when the config is sound."""
+    from google.protobuf import text_format
+
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as err:
+        raise RuntimeError("linting config.pbtxt needs tritonclient: pip install 'tritonclient[grpc]' "
+                           "(or tqdit-export[serve])") from err
+    path = Path(path)
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(path.read_text(), config)
+    except text_format.ParseError as err:
+        return [f"{path}: not a Triton ModelConfig: {err}"]
+    findings = []
+    folder = path.parent
+    if config.name != folder.name:
+        findings.append(f"{path}: name {config.name!r} differs from its folder {folder.name!r}")
+    if bool(config.platform) == bool(config.backend):
+        findings.append(f"{path}: exactly one of platform and backend must be set")
+    versions = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        findings.append(f"{folder}: no numeric version folder (Triton serves <model>/<version>/)")
+    filename = config.default_model_filename or {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx"}.get(
+        config.platform, "model.py")
+    for v in versions:
+        if not (v / filename).is_file():
+            findings.append(f"{v}: no {filename}, the file Triton loads for this model")
+    for tensor in list(config.input) + list(config.output):
+        if tensor.data_type == model_config_pb2.TYPE_INVALID:
+            findings.append(f"{path}: tensor {tensor.name!r} has no data_type")
+        if not tensor.dims:
+            findings.append(f"{path}: tensor {tensor.name!r} has no dims")
+        if any(d < -1 or d == 0 for d in tensor.dims):
+            findings.append(f"{path}: tensor {tensor.name!r} dims {list(tensor.dims)}: each is -1 or positive")
+    if config.max_batch_size == 0 and config.HasField("dynamic_batching"):
+        findings.append(f"{path}: dynamic_batching needs max_batch_size > 0")
+    for group in config.instance_group:
+        if group.count < 1:
+            findings.append(f"{path}: instance_group count {group.count} must be at least 1")
+    return findings
+
+
+def lint_repository(repo: str | Path) -> list[str]:
+    """Findings over every model folder of a repository (see `lint_model_config`)."""
+    repo = Path(repo)
+    models = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not models:
+        return [f"{repo}: no model folders"]
+    findings = []
+    for model in models:
+        config = model / "config.pbtxt"
+        if not config.is_file():
+            findings.append(f"{model}: no config.pbtxt")
+            continue
+        findings += lint_model_config(config)
+    return findings

@@ -1,0 +1,170 @@
+"""The `tqdit_sampler` model (Triton Python backend, business-logic scripting).
+
+Inputs, one row per image (Triton batches along the images, at most the config's
+max_batch_size per request): class_label INT64, seed INT64, steps INT32, and optionally
+sampler BYTES ("ddpm" default, "ddim") and guidance_scale FP32 (default 1.5). Seed, steps,
+sampler and guidance must be equal over the rows of one request: the request is one draw,
+the same as `tqdit sample --seed S --class ...` or `Pipeline.sample(labels, seed=S)`.
+Outputs: images UINT8 (N, H, W, C), samples FP32 (N, C, H, W) in the model's range.
+
+Each step's denoiser call goes to the denoiser model of that step's time group (BLS), with
+the conditional and unconditional halves of classifier-free guidance in one request. The
+requests a dynamic batch hands to one `execute` share one sampling loop when their settings
+are equal (one denoiser call per step for all of them), each with its own noise. A bad
+request gets an error response naming the input; the others in the batch are served. A
+request its client cancelled stops being worked on at the next step.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..api import ImageRequest, ModelSpec, Pipeline, SampleSettings, to_uint8
+
+try:  # present only inside Triton's Python backend stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover - imported by tests and docs outside Triton
+    pb_utils = None
+
+SAMPLER_NAME = "tqdit_sampler"  # repository.SAMPLER_MODEL (not imported: the stub needs no more than this)
+DEFAULT_SAMPLER = "ddpm"
+DEFAULT_GUIDANCE = 1.5
+
+
+class RequestCancelled(Exception):
+    """Every request of the running loop was cancelled by its client."""
+
+
+def one_value(name: str, rows: np.ndarray | None, default=None):
+    """The value of an input that holds one row per image and must be equal over them."""
+    if rows is None:
+        if default is None:
+            raise ValueError(f"input {name!r} is missing; send one value per image")
+        return default
+    flat = rows.reshape(-1)
+    if flat.size == 0:
+        raise ValueError(f"input {name!r} is empty; send one value per image")
+    if not np.all(flat == flat[0]):
+        raise ValueError(f"input {name!r} differs between the images of one request; a request is one draw: "
+                         "send one request per setting")
+    return flat[0]
+
+
+def parse_request(inputs: dict[str, np.ndarray | None], spec: ModelSpec) -> ImageRequest:
+    """The ImageRequest of one request's input arrays (None: not sent); ValueError names a bad input."""
+    labels = inputs.get("class_label")
+    if labels is None:
+        raise ValueError("input 'class_label' is missing; send one class id per image, shape (N, 1)")
+    labels = labels.reshape(-1)
+    bad = labels[(labels < 0) | (labels >= spec.num_classes)]
+    if bad.size:
+        raise ValueError(f"input 'class_label': class {int(bad[0])} is out of range; this model has classes "
+                         f"0..{spec.num_classes - 1}")
+    seed = int(one_value("seed", inputs.get("seed")))
+    steps = int(one_value("steps", inputs.get("steps")))
+    sampler = one_value("sampler", inputs.get("sampler"), DEFAULT_SAMPLER.encode())
+    sampler = sampler.decode() if isinstance(sampler, bytes) else str(sampler)
+    guidance = float(one_value("guidance_scale", inputs.get("guidance_scale"), DEFAULT_GUIDANCE))
+    try:
+        settings = SampleSettings(sampler, steps, guidance)
+    except ValueError as err:
+        raise ValueError(f"inputs steps/sampler/guidance_scale: {err}") from err
+    if seed < 0:
+        raise ValueError(f"input 'seed': {seed} must be >= 0")
+    return ImageRequest(tuple(int(v) for v in labels), seed, settings)
+
+
+class BlsDenoiser:
+    """The numpy denoiser of the sampling loop, as BLS requests to the denoiser models: the model of
+    the step's time group (or the one model, fed `time_group`)."""
+
+    def __init__(self, pipeline_json: dict) -> None:
+        from calibration.time_groups import TimeGroups
+
+        self.groups = TimeGroups(tuple(pipeline_json["time_groups"]))
+        self.denoisers = pipeline_json["denoisers"]
+        self.active: list = []  # the requests of the running loop, checked for cancellation each step
+
+    def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+        if self.active and all(_cancelled(r) for r in self.active):
+            raise RequestCancelled()
+        g = self.groups.group_of(t)
+        d = self.denoisers[0] if len(self.denoisers) == 1 else self.denoisers[g]
+        # Arrays that own their memory: a reshaped view sent through BLS arrived with 0 bytes.
+        x = np.array(x, dtype=np.float32, order="C")
+        rows = (-1, 1) if d["batched"] else (-1,)
+        tensors = [pb_utils.Tensor("x", x), pb_utils.Tensor("t", np.array(t.reshape(rows), dtype=np.int64)),
+                   pb_utils.Tensor("y", np.array(y.reshape(rows), dtype=np.int64))]
+        if not d["batched"]:
+            tensors.append(pb_utils.Tensor("time_group", np.array([g], dtype=np.int64)))
+        response = pb_utils.InferenceRequest(model_name=d["name"], requested_output_names=["out"],
+                                             inputs=tensors).exec()
+        if response.has_error():
+            raise RuntimeError(f"denoiser {d['name']}: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, "out").as_numpy()
+
+
+def _cancelled(request) -> bool:
+    check = getattr(request, "is_cancelled", None)  # Python backend >= 23.10
+    return bool(check()) if check is not None else False
+
+
+def _error(message: str, cancelled: bool = False):
+    code = getattr(pb_utils.TritonError, "CANCELLED", None) if cancelled else None
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+INPUT_NAMES = ("class_label", "seed", "steps", "sampler", "guidance_scale")
+
+
+class TritonPythonModel:
+    """The Python-backend model: initialize reads pipeline.json, execute samples a batch of requests."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        name = config["parameters"]["pipeline"]["string_value"]
+        path = Path(args["model_repository"]) / args["model_version"] / name
+        self.pipeline_json = json.loads(path.read_text())
+        self.spec = ModelSpec.from_json(self.pipeline_json["spec"])
+        self.denoiser = BlsDenoiser(self.pipeline_json)
+        self.pipeline = Pipeline(self.denoiser, self.spec, "triton")
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        parsed: list[tuple[int, ImageRequest]] = []
+        for i, request in enumerate(requests):
+            inputs = {}
+            for n in INPUT_NAMES:
+                tensor = pb_utils.get_input_tensor_by_name(request, n)
+                inputs[n] = None if tensor is None else tensor.as_numpy()
+            try:
+                parsed.append((i, parse_request(inputs, self.spec)))
+            except ValueError as err:
+                responses[i] = _error(f"{SAMPLER_NAME}: {err}")
+        if parsed:
+            self.denoiser.active = [requests[i] for i, _ in parsed]
+            try:
+                images = self.pipeline.sample_requests([r for _, r in parsed])
+            except RequestCancelled:
+                for i, _ in parsed:
+                    responses[i] = _error(f"{SAMPLER_NAME}: request cancelled by its client", cancelled=True)
+            except Exception as err:  # noqa: BLE001 - a failed loop answers every request of it
+                for i, _ in parsed:
+                    responses[i] = _error(f"{SAMPLER_NAME}: sampling failed: {err}")
+            else:
+                for (i, _), x in zip(parsed, images):
+                    if _cancelled(requests[i]):
+                        responses[i] = _error(f"{SAMPLER_NAME}: request cancelled by its client", cancelled=True)
+                        continue
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                        pb_utils.Tensor("images", to_uint8(x)), pb_utils.Tensor("samples", x.astype(np.float32))])
+            finally:
+                self.denoiser.active = []
+        return responses
+
+    def finalize(self) -> None:
+        self.pipeline = None
+
