@@ -97,7 +97,7 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
         # GPU targets: full 8-bit weights (7-bit codes are an ONNX Runtime CPU workaround).
         manifest = export_dit(model, record, tmp / "onnx", layout=layout, weight_reduce_range=False,
                               precision=precision, attention=spec.attention, target=target,
-                              float_precision=float_precision)
+                              float_precision=float_precision, fused_attention=spec.fused_attention)
         graphs = [g["file"] for g in manifest["graphs"]]
         lint = {f: [str(x) for x in lint_file(tmp / "onnx" / f)] for f in graphs}
         (tmp / "lint.json").write_text(json.dumps(lint, indent=2) + "\n")

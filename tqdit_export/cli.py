@@ -236,10 +236,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     reduce = {"auto": spec.reduce_range, "on": True, "off": False}[args.reduce_range]
     attention = spec.attention if args.attention is None else args.attention == "int8"
     float_precision = args.float_precision or spec.float_precision
+    fused = spec.fused_attention if args.fused_attention is None else args.fused_attention == "on"
     start = time.perf_counter()
     manifest = export_dit(resolved.model, record, args.out, layout=args.layout or spec.layout, fp32=args.fp32,
                           weight_reduce_range=reduce, precision=args.precision, attention=attention,
-                          target=args.target, float_precision=float_precision)
+                          target=args.target, float_precision=float_precision, fused_attention=fused)
     size = sum((Path(args.out) / g["file"]).stat().st_size for g in manifest["graphs"])
     print(f"exported {len(manifest['graphs'])} {manifest['layout']} graph(s)"
           f"{' + fp32' if args.fp32 else ''} ({size / 2**20:.2f} MiB quantized, weights in graph "
@@ -508,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--precision", choices=("int8", "fp8"), default="int8",
                    help="int8 Q/DQ (default), or fp8: float8e4m3fn Q/DQ at opset 19 over the record's clipping "
                         "ranges, for TensorRT on Ada/Hopper (ONNX Runtime runs it in float on the CPU)")
+    x.add_argument("--fused-attention", choices=("on", "off"), default=None,
+                   help="TensorRT's fused INT8 attention placement (A as one uniform Q/DQ, a Q/DQ on A·V's output) "
+                        "where the head size is 16/32/64 and tokens <= 512, per-group layout; default: on for the "
+                        "TensorRT targets, off for cpu")
     x.add_argument("--float-precision", choices=("fp16", "fp32"), default=None,
                    help="type of the non-quantized ops and Q/DQ scales; default: the target's (fp16 for the "
                         "strongly typed TensorRT targets h100, a100, l40s; fp32 for cpu, orin, orin-nano)")

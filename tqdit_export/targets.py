@@ -33,6 +33,9 @@ class Target:
     gelu_mrq: str = "shift"  # MRQ form of the post-GELU fc2 input
     reduce_range: bool | None = False
     float_precision: str = "fp16"  # type of the non-quantized ops and Q/DQ scales (onnx.qdq.FLOAT_PRECISIONS)
+    # TensorRT's fused INT8 attention placement (onnx.export.qdq_model) where the head size and
+    # token count allow it, in the per-group layout; ONNX Runtime gains nothing from it and keeps MRQ on A.
+    fused_attention: bool = True
 
     def float_precision_for(self, trt_major: int | None = None) -> str:
         """The float type to export for a build with TensorRT `trt_major` (None: not known here).
@@ -51,7 +54,8 @@ class Target:
 TARGETS: dict[str, Target] = {
     # ONNX Runtime runs Q·Kᵀ and A·V as integer kernels (MatMulIntegerToFloat, QLinearMatMul).
     "cpu": Target("CPU with ONNX Runtime (7-bit weight codes unless the CPU has AVX-512 VNNI)", "per-group", "ort",
-                  max_batch=0, reduce_range=None, float_precision="fp32"),
+                  max_batch=0, reduce_range=None, float_precision="fp32",
+                  fused_attention=False),
     "h100": Target("NVIDIA H100 / H200 (Hopper), TensorRT >= 10", "per-group", "tensorrt", 64, fp8=True),
     "a100": Target("NVIDIA A100 (Ampere), TensorRT >= 10", "per-group", "tensorrt", 64),
     "l40s": Target("NVIDIA L40S / RTX 4090 (Ada), TensorRT >= 10", "per-group", "tensorrt", 32, fp8=True),

@@ -78,9 +78,37 @@ def float32_to_float16(module: nn.Module) -> nn.Module:
     return module
 
 
+# TensorRT's fused INT8 attention (NVIDIA/TensorRT#2981): these head sizes, at most this many tokens
+FUSED_ATTENTION_HEAD_SIZES = (16, 32, 64)
+FUSED_ATTENTION_MAX_TOKENS = 512
+
+
+def fused_attention_fits(config) -> bool:
+    """Whether TensorRT's fused INT8 attention takes this DiT's attention: head size 16, 32 or 64
+    and at most 512 tokens (DiT-S/B/L at 256x256 yes; DiT-XL, head size 72, never)."""
+    return config.hidden_size // config.num_heads in FUSED_ATTENTION_HEAD_SIZES and \
+        config.num_tokens <= FUSED_ATTENTION_MAX_TOKENS
+
+
+def fused_attention_sites(model: DiT, record: CalibrationRecord, attention: bool = True) -> list[str]:
+    """The attention modules that get TensorRT's fused-attention Q/DQ placement: all of them when
+    the shapes fit (`fused_attention_fits`), each with Q·Kᵀ, A·V and proj quantized in `record`; else none."""
+    c = model.config
+    if not attention or not fused_attention_fits(c):
+        return []
+    names = {s.name for s in record.sites}
+    return [f"blocks.{i}.attn" for i in range(c.depth)
+            if {f"blocks.{i}.attn.{s}" for s in ("matmul_qk", "matmul_av", "proj")} <= names]
+
+
+def fused_attention_operands(sites: list[str]) -> frozenset[str]:
+    """The operands the fused placement reads as one uniform part: A of each fused A·V (one GEMM)."""
+    return frozenset(f"{a}.matmul_av.a" for a in sites)
+
+
 def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
               weight_reduce_range: bool = False, precision: str = "int8", attention: bool = True,
-              float_precision: str = "fp32") -> nn.Module:
+              float_precision: str = "fp32", fused_attention: bool = False) -> nn.Module:
     """A copy of `model` whose sites are Q/DQ export modules: the scales of time `group`, or
     of every group selected at run time through a `GroupInput` (single layout).
 
@@ -93,6 +121,11 @@ def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
     `attention=False` keeps Q·Kᵀ and A·V as float MatMuls.
     `float_precision="fp16"`: every float op and Q/DQ scale in float16 (see `qdq`), behind the
     float32 interface (`Float16Graph`), for strongly typed TensorRT networks.
+    `fused_attention=True`: the Q/DQ placement TensorRT's fused INT8 attention takes, where the
+    shapes allow it (`fused_attention_sites`): Q/DQ before Q·Kᵀ (as always), A after the softmax
+    as one uniform Q/DQ over [0, 1] (one A·V GEMM: the MRQ form's second region is dropped), and
+    a Q/DQ on A·V's output, before the head transpose, with proj's input scale. Constant
+    scales only (per-group layout): the single layout's rescales would sit inside the pattern.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
@@ -101,14 +134,24 @@ def qdq_model(model: DiT, record: CalibrationRecord, group: int | GroupInput,
     float16 = float_precision == "fp16"
     weight_reduce_range = weight_reduce_range and precision == "int8"
     record.check_model(model)
+    fused = fused_attention_sites(model, record, attention) if fused_attention else []
+    if fused and isinstance(group, GroupInput):
+        raise ValueError("fused_attention: the fused-attention placement needs constant scales; export it with "
+                         "layout 'per-group'")
     qmodel = copy.deepcopy(model).eval()
-    for sq in site_quants(record, weight_reduce_range, attention):
+    quants = site_quants(record, weight_reduce_range, attention, fused_attention_operands(fused))
+    by_name = {sq.site.name: sq for sq in quants}
+    for sq in quants:
         module = qmodel.get_submodule(sq.site.name)
         acts = {op: ActivationQDQ(q, group, precision, float16) for op, q in sq.operands.items()}
         if sq.site.kind == "linear":
             new = QDQLinear(module, acts["input"], sq.weight_scale, sq.weight_bits, precision, float16)
         else:
-            new = QDQMatMul(acts["a"], acts["b"])
+            attn, _, gemm = sq.site.name.rpartition(".")
+            out = None
+            if gemm == "matmul_av" and attn in fused:  # A·V's output is proj's input, head-transposed
+                out = ActivationQDQ(by_name[f"{attn}.proj"].operands["input"], group, precision, float16)
+            new = QDQMatMul(acts["a"], acts["b"], out)
         parent, _, child = sq.site.name.rpartition(".")
         setattr(qmodel.get_submodule(parent) if parent else qmodel, child, new)
     return Float16Graph(float32_to_float16(qmodel)) if float16 else qmodel
@@ -255,7 +298,7 @@ LAYOUTS = ("per-group", "single", "plugin")
 def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layout: str = "per-group",
                fp32: bool = False, weight_reduce_range: bool | None = None, int4_weights: bool | None = None,
                precision: str = "int8", attention: bool = True, target: str | None = None,
-               float_precision: str = "fp32") -> dict:
+               float_precision: str = "fp32", fused_attention: bool = False) -> dict:
     """Write the Q/DQ graph(s) of `layout` (+ `fp32.onnx` with `fp32`) and the manifest.
 
     `weight_reduce_range=None` picks 7-bit weights when this CPU lacks VNNI (ORT CPU target).
@@ -266,7 +309,10 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
     `target` (a name of `tqdit_export.targets`) is only written into the manifest.
     `float_precision="fp16"` (strongly typed TensorRT targets): the non-quantized ops and the Q/DQ
     scales in float16, at opset >= 19, except the float32 ops `lint.FP16_EXCEPTIONS` names; the
-    graph interface stays float32. `fp32.onnx` stays the float32 reference. Returns the manifest.
+    graph interface stays float32. `fp32.onnx` stays the float32 reference.
+    `fused_attention=True` (TensorRT targets): the fused-attention Q/DQ placement (`qdq_model`) in
+    the attention modules whose shapes TensorRT fuses, per-group layout only (the other layouts
+    keep the plain placement); the manifest lists them under `fused_attention`. Returns the manifest.
     """
     out_dir = Path(out_dir)
     if precision not in PRECISIONS:
@@ -290,6 +336,7 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
     if float_precision == "fp16":
         opset = max(opset, FP16_OPSET)
     metadata = {"float_precision": float_precision}
+    fused = fused_attention_sites(model, record, attention) if fused_attention and layout == "per-group" else []
     example = _example_inputs(model)
     with atomic_folder(out_dir, MANIFEST) as tmp:
         graphs = []
@@ -297,7 +344,8 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
         if layout == "per-group":
             for g in range(record.time_groups.num_groups):
                 name = f"group_{g:02d}.onnx"
-                export_onnx(qdq_model(model, record, g, weight_reduce_range, precision, attention, float_precision),
+                export_onnx(qdq_model(model, record, g, weight_reduce_range, precision, attention, float_precision,
+                                      bool(fused)),
                             example, tmp / name, opset=opset, int4_weights=int4_weights, metadata=metadata)
                 lo, hi = record.time_groups.timestep_range(g)
                 graphs.append(_graph_entry(tmp, name, time_group=g, timesteps=[lo, hi]))
@@ -330,8 +378,11 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
             "time_groups": list(record.time_groups.edges),
             # What the graphs quantize: readers that rebuild the fake-quant reference need both.
             "attention": "int8" if attention else "float",
-            "mrq_forms": sorted({r for s in record.sites if attention or s.kind != "matmul"
-                                 for r in s.regions.values()}),  # of the sites the graphs quantize
+            # attention modules with TensorRT's fused-attention placement (A uniform, Q/DQ on A·V's output)
+            "fused_attention": fused,
+            "mrq_forms": sorted({q.region for sq in site_quants(record, attention=attention,
+                                                                 uniform_operands=fused_attention_operands(fused))
+                                 for q in sq.operands.values()} - {"uniform"}),  # of the sites the graphs quantize
             "target": target,
             "calibration": record.method,
             "record_fingerprint": record.fingerprint(),  # readers refuse another record (manifest.check_record)

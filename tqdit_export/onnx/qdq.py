@@ -315,15 +315,21 @@ class QDQLinear(nn.Module):
 
 
 class QDQMatMul(nn.Module):
-    """Activation x activation GEMM with both operands Q/DQ'd (a may have two regions)."""
+    """Activation x activation GEMM with both operands Q/DQ'd (a may have two regions), and
+    optionally its output: TensorRT's fused attention wants a Q/DQ right after A·V. `out` is
+    the consumer's quantizer (proj's input: the same values, transposed and reshaped), so the
+    consumer's own Q/DQ re-quantizes values already on its grid, which changes none of them."""
 
-    def __init__(self, a: ActivationQDQ, b: ActivationQDQ) -> None:
+    def __init__(self, a: ActivationQDQ, b: ActivationQDQ, out: ActivationQDQ | None = None) -> None:
         super().__init__()
-        for q in (a, b):
-            if q.quant.offset is not None:
+        for q in (a, b, out):
+            if q is not None and q.quant.offset is not None:
                 raise ValueError(f"{q.quant.site}.{q.quant.operand}: the {q.quant.region} form has an offset, which "
                                  "only a linear layer can fold into its bias")
-        self.qa, self.qb = a, b
+        if out is not None and len(out.parts) != 1:
+            raise ValueError(f"{out.quant.site}.{out.quant.operand}: an output Q/DQ takes one uniform part, "
+                             f"not the {out.quant.region} form")
+        self.qa, self.qb, self.qout = a, b, out
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         b_parts = self.qb(b)
@@ -336,4 +342,7 @@ class QDQMatMul(nn.Module):
             for factor in (restore, b_restore):
                 y = y if factor is None else y * factor
             out = y if out is None else out + y
+        if self.qout is not None:
+            [(out, restore)] = self.qout(out)
+            out = out if restore is None else out * restore
         return out
