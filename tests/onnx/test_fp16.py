@@ -141,30 +141,33 @@ def test_the_float_graph_in_fp16_is_within_float16_rounding_of_fp32(exports, mod
         assert got.dtype == np.float32 and _rel(got, ref) < FLOAT_GRAPH_BOUND
 
 
-def _per_call_errors(out, t):
+@pytest.fixture(scope="module")
+def backends(exports):
+    _, out = exports
+    return {k: OrtBackend(out[k][0], threads=1) for k in ("fp16", "fp16-single", "fp32")}
+
+
+def _per_call_errors(backends, t):
     x, tt, y = _inputs(t)
-    fp16, fp16_single, fp32 = (OrtBackend(out[k][0], threads=1) for k in ("fp16", "fp16-single", "fp32"))
+    fp16, fp16_single, fp32 = (backends[k] for k in ("fp16", "fp16-single", "fp32"))
     ref = fp32(x, tt, y)
     x_rounded = x.half().float()
     return _rel(fp16(x, tt, y), ref), _rel(fp16_single(x, tt, y), ref), _rel(fp32(x_rounded, tt, y), ref)
 
 
 @pytest.mark.parametrize("t", [10, 400, 900])
-def test_ort_fp16_qdq_graphs_match_the_fp32_graph_per_call(exports, t):
-    _, out = exports
-    per_group, single, x_rounded = _per_call_errors(out, t)
+def test_ort_fp16_qdq_graphs_match_the_fp32_graph_per_call(backends, t):
+    per_group, single, x_rounded = _per_call_errors(backends, t)
     print(f"t={t}: fp16 per-group {per_group:.2e}, single {single:.2e}; fp32 graph, x rounded {x_rounded:.2e}")
     assert per_group < QDQ_BOUND and single < QDQ_BOUND
     # What float16 rounding alone does to a quantized graph sets the scale of the difference
     assert per_group < 3 * x_rounded + 4 * FLOAT_GRAPH_BOUND and single < 3 * x_rounded + 4 * FLOAT_GRAPH_BOUND
 
 
-def test_ort_fp16_sampled_images_match_the_fp32_graph_images(exports, model):
-    record, out = exports
+def test_ort_fp16_sampled_images_match_the_fp32_graph_images(backends, model):
     labels, config = torch.tensor([0, 3, 5, 9]), SamplerConfig("ddpm", 20, 1.5, clip_denoised=True)
     images = {name: sample(backend, labels, (1, 8, 8), config, 10, seed=5, progress=False).numpy()
-              for name, backend in (("fp16", OrtBackend(out["fp16"][0], threads=1)),
-                                    ("fp32", OrtBackend(out["fp32"][0], threads=1)),
+              for name, backend in (("fp16", backends["fp16"]), ("fp32", backends["fp32"]),
                                     ("fp", lambda x, t, y: model(x, t, y)))}
     psnr = paired_psnr(images["fp16"], images["fp32"])
     print(f"paired PSNR fp16 vs fp32 graph {psnr:.2f} dB; fp32 graph vs FP {paired_psnr(images['fp32'], images['fp']):.2f}"
@@ -193,3 +196,17 @@ def test_tensorrt_targets_export_float16_where_the_network_is_strongly_typed():
     assert TARGETS["orin"].float_precision_for(10) == "fp32" and TARGETS["orin"].float_precision_for(None) == "fp32"
     # TensorRT 11 builds are always strongly typed
     assert TARGETS["orin"].float_precision_for(11) == "fp16" and TARGETS["orin-nano"].float_precision_for(11) == "fp16"
+
+
+@pytest.mark.parametrize("options", [dict(layout="plugin"), dict(precision="fp8")], ids=["plugin", "fp8"])
+def test_plugin_and_fp8_exports_in_fp16_lint_clean_and_match_their_fp32_graphs(model, record, tmp_path, options):
+    folders = {fp: tmp_path / fp for fp in ("fp16", "fp32")}
+    for fp, folder in folders.items():
+        # 7-bit int8 weight codes, so ONNX Runtime's integer kernels are exact on every CPU (FP8 has none)
+        export_dit(model, record, folder, weight_reduce_range="precision" not in options, float_precision=fp,
+                   **options)
+    for graph in folders["fp16"].glob("*.onnx"):  # the plugin layout keeps a Cast to float32 before each plugin
+        assert lint_file(graph) == []
+    x, tt, y = _inputs(400)
+    got, ref = (OrtBackend(folder, threads=1)(x, tt, y) for folder in (folders["fp16"], folders["fp32"]))
+    assert _rel(got, ref) < QDQ_BOUND
