@@ -364,9 +364,8 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
             "layout": layout,
             "opset": INT4_OPSET if int4_weights else opset,
             "precision": precision,
-            # The type of every non-quantized op and Q/DQ scale; fp16 graphs keep the float32 ops named here.
+            # The type of every non-quantized op and Q/DQ scale (fp16 graphs: float32_ops names what stays float32).
             "float_precision": float_precision,
-            "float32_ops": dict(FP16_EXCEPTIONS) if float_precision == "fp16" else "all float ops",
             "inputs": inputs,
             "outputs": {"out": "float32 (N,2C,H,W) epsilon | variance"},
             "model": {"config": record.model_config, "weights_sha256": record.model_hash},
@@ -388,6 +387,8 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
             "record_fingerprint": record.fingerprint(),  # readers refuse another record (manifest.check_record)
             "graphs": graphs,
         }
+        if float_precision == "fp16":
+            manifest["float32_ops"] = dict(FP16_EXCEPTIONS)
         if layout == "plugin":
             manifest["plugin"] = {"name": PLUGIN_NAME, "namespace": PLUGIN_NAMESPACE, "version": PLUGIN_VERSION,
                                   "library": "libtqdit_trt_plugins.so (cmake -S trt_plugins/csrc)",

@@ -13,9 +13,9 @@ model. What the ONNX graph holds, per TensorRT's explicit-quantization rules:
   record's integer clipping ranges carry over, amax = s * qmax  ->  s_fp8 = amax / 448.
 LayerNorm, adaLN, softmax, GELU and residual adds stay in float.
 
-FP16 float ops (`export.qdq_model(float_precision="fp16")`, for strongly typed TensorRT networks): every float tensor of
-the graph is float16 except the timestep's sinusoidal embedding and the graph's float32
-interface. The Q/DQ scales are float16 too, so each DequantizeLinear yields float16 (its
+FP16 float ops (`export.qdq_model(float_precision="fp16")`, for strongly typed TensorRT
+networks): every float tensor of the graph is float16 except the timestep's sinusoidal
+embedding and the graph's float32 interface. The Q/DQ scales are float16 too, so each DequantizeLinear yields float16 (its
 output type is its scale's type) and every quantized GEMM reads and writes float16: no Cast
 sits between a DQ and its GEMM. A scale below float16's normal range (2^-14) would lose
 precision (or flush to zero): such an activation part is multiplied by 2^k before its
