@@ -125,3 +125,25 @@ def test_other_layouts_keep_the_plain_placement(model, record, tmp_path):
     with pytest.raises(ValueError, match="per-group"):
         from tqdit_export.onnx.qdq import GroupInput
         qdq_model(model, record, GroupInput(), fused_attention=True)
+
+
+def test_fused_placement_images_stay_close_to_the_fake_quant_images(fused, model):
+    # The fused placement changes only A's quantizer (uniform instead of the MRQ form): its images
+    # stay near the plain export's, and ORT draws exactly what its own fake-quant reference draws.
+    from tqdit_export.diffusion import SamplerConfig, sample
+    from tqdit_export.eval import paired_psnr
+
+    record, out, manifest = fused
+    labels, config = torch.tensor([0, 3, 5, 9]), SamplerConfig("ddpm", 20, 1.5, clip_denoised=True)
+    uniform = fused_attention_operands(manifest["fused_attention"])
+    images = {name: sample(backend, labels, (1, 8, 8), config, 10, seed=5, progress=False).numpy()
+              for name, backend in (("fused-ort", OrtBackend(out, threads=1)),
+                                    ("fused", FakeQuantBackend(model, record, reduce_range=True,
+                                                               uniform_operands=uniform)),
+                                    ("plain", FakeQuantBackend(model, record, reduce_range=True)),
+                                    ("fp", lambda x, t, y: model(x, t, y)))}
+    psnr = {k: paired_psnr(images[k], images["fp"]) for k in ("fused", "plain")}
+    print(f"PSNR vs FP: fused placement {psnr['fused']:.2f} dB, plain placement {psnr['plain']:.2f} dB; "
+          f"fused ORT vs its fake-quant {paired_psnr(images['fused-ort'], images['fused']):.2f} dB")
+    assert paired_psnr(images["fused-ort"], images["fused"]) > 60
+    assert psnr["fused"] > 35
