@@ -7,7 +7,12 @@ Rows: fp; minmax (one scale for all timesteps, no MRQ/HO); tqdit (TGQ + MRQ + HO
 no-tgq, no-mrq, no-ho (TQ-DiT with one part switched off); mrq-saturate, mrq-shift, mrq-cheap
 (TQ-DiT with the saturating softmax form, the shifted GELU form, or both); tqdit-ort (the tqdit record
 exported to per-group Q/DQ ONNX and sampled with ONNX Runtime: the deployed numbers);
-tqdit-fp8-ort (the same record's clipping ranges as FP8 E4M3 Q/DQ, ONNX Runtime). For every (row, bits, sampler
+tqdit-fp8-ort (the same record's clipping ranges as FP8 E4M3 Q/DQ, ONNX Runtime); mrq-cheap-ort,
+mrq-cheap-fp16-ort, mrq-cheap-trt-ort (the mrq-cheap record, i.e. the targets' MRQ forms, exported with
+float32 float ops as today, with float16 ones as the strongly typed TensorRT targets export them, and
+with float16 + TensorRT's fused-attention placement, what `tqdit build --target h100` exports; all
+three with this CPU's weight codes, sampled by ONNX Runtime; the last two also report the paired
+PSNR against the first one's images, `psnr_vs_fp32_graph`). For every (row, bits, sampler
 steps, seed) it samples `--num` digits (balanced classes, cfg 1.5) from the same noise as
 the FP row and reports FD, class accuracy, paired PSNR vs FP, and the calibration wall
 time and peak memory (each calibration runs in its own process, so its peak RSS is its own).
@@ -61,15 +66,32 @@ ROWS = {
     "mrq-cheap": ["--softmax-mrq", "saturate", "--gelu-mrq", "shift"],
     "tqdit-ort": [],  # the tqdit record, exported per group and sampled by ONNX Runtime's INT8 kernels
     "tqdit-fp8-ort": [],  # the tqdit record's ranges as FP8 (E4M3) Q/DQ, sampled by ONNX Runtime
+    "mrq-cheap-ort": [],  # the targets' forms, float32 float ops (the pair of the next two)
+    "mrq-cheap-fp16-ort": [],  # ... float16 float ops and Q/DQ scales (strongly typed TensorRT targets)
+    "mrq-cheap-trt-ort": [],  # ... float16 + the fused-attention placement (tqdit build --target h100)
 }
-DEPLOYED_ROWS = ("tqdit-ort", "tqdit-fp8-ort")
+# Deployed rows: (record row, export options, folder suffix, row whose images the paired PSNR is taken against)
+DEPLOYED = {
+    "tqdit-ort": ("tqdit", {}, "", None),
+    "tqdit-fp8-ort": ("tqdit", {"precision": "fp8"}, "_fp8", None),
+    "mrq-cheap-ort": ("mrq-cheap", {}, "_mrq-cheap", None),
+    "mrq-cheap-fp16-ort": ("mrq-cheap", {"float_precision": "fp16"}, "_mrq-cheap_fp16", "mrq-cheap-ort"),
+    "mrq-cheap-trt-ort": ("mrq-cheap", {"float_precision": "fp16", "fused_attention": True}, "_mrq-cheap_trt",
+                          "mrq-cheap-ort"),
+}
+DEPLOYED_ROWS = tuple(DEPLOYED)
 
 
 def record_row(row: str) -> str | None:
-    """The row whose calibration record `row` samples: its own, tqdit's for the deployed rows, None for fp."""
+    """The row whose calibration record `row` samples: its own, the record row of a deployed row, None for fp."""
     if ROWS[row] is None:
         return None
-    return "tqdit" if row in DEPLOYED_ROWS else row
+    return DEPLOYED[row][0] if row in DEPLOYED else row
+
+
+def deployed_images_path(workdir: Path, row: str, bits: str, steps: int, seed: int, num: int) -> Path:
+    """Where a deployed row's samples are cached, so a paired row can compare with them."""
+    return workdir / f"{row}_{bits}_ddpm{steps}_seed{seed}_n{num}.npz"
 
 
 def record_path(workdir: Path, row: str, bits: str) -> Path:
@@ -204,6 +226,13 @@ def write_tables(results: dict, out: Path) -> None:
             f"{_first(group, 'calib_seconds')} | {_first(group, 'calib_peak_rss_mib')} |")
     lines += ["", "FD reference: real train digits (as many as the samples) vs the held-out set, with the "
               "cell's seed choosing the draw: what a perfect generator would score."]
+    paired = [c for c in cells if c.get("psnr_vs_fp32_graph") is not None]
+    if paired:
+        lines += ["", "Paired PSNR of deployed rows against the images of their float32-float-ops graph "
+                  "(same record, same noise):", "",
+                  "| bits | row | steps | seed | against | PSNR (dB) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['bits']} | {c['row']} | {c['steps']} | {c['seed']} | {DEPLOYED[c['row']][3]} | "
+                  f"{c['psnr_vs_fp32_graph']:.2f} |" for c in paired]
     plot = write_plot(results, out.with_suffix(".png"))
     if plot is not None:
         lines += ["", f"![FD and paired PSNR per row]({plot.name})"]
@@ -309,10 +338,10 @@ def main(argv: list[str] | None = None) -> None:
             backend = TorchBackend(model)
             if row in DEPLOYED_ROWS:
                 record_dir, cost = calibrate(args.model, record_row(row), bits, args.workdir)
-                precision = "fp8" if row == "tqdit-fp8-ort" else "int8"
-                onnx_dir = args.workdir / (f"onnx_{bits}" + ("_fp8" if precision == "fp8" else ""))
+                _, options, suffix, _ = DEPLOYED[row]
+                onnx_dir = args.workdir / f"onnx_{bits}{suffix}"
                 if not (onnx_dir / "manifest.json").exists():
-                    export_dit(model, CalibrationRecord.load(record_dir, model), onnx_dir, precision=precision)
+                    export_dit(model, CalibrationRecord.load(record_dir, model), onnx_dir, **options)
                 backend = OrtBackend(onnx_dir, threads=torch.get_num_threads())
             elif row != "fp":
                 record_dir, cost = calibrate(args.model, row, bits, args.workdir)
@@ -329,10 +358,20 @@ def main(argv: list[str] | None = None) -> None:
                         images, labels = draw(backend, args.num, steps, seed, 10, model.null_class)
                     metrics = evaluate_digits(images, labels, seed=seed)
                     psnr = None if row == "fp" else paired_psnr(images, fp_samples(steps, seed))
+                    pair = {}
+                    if row in DEPLOYED:
+                        save_samples(deployed_images_path(args.workdir, row, bits, steps, seed, args.num), images,
+                                     labels, {"model": args.model, "row": row, "steps": steps, "seed": seed})
+                        paired_row = DEPLOYED[row][3]
+                        paired = paired_row and deployed_images_path(args.workdir, paired_row, bits, steps, seed,
+                                                                     args.num)
+                        if paired and paired.exists():
+                            pair = {"psnr_vs_fp32_graph": paired_psnr(images, load_samples(paired)[0])}
                     cell = {"row": row, "bits": cell_bits, "steps": steps, "seed": seed, "fd": metrics["fd"],
                             "fd_reference": metrics["fd_reference"], "fd_terms": metrics["fd_terms"],
                             "class_terms": metrics["class_terms"], "accuracy": metrics["accuracy"],
-                            "psnr_vs_fp": psnr, "sample_seconds": round(time.perf_counter() - start, 1), **cost}
+                            "psnr_vs_fp": psnr, **pair, "sample_seconds": round(time.perf_counter() - start, 1),
+                            **cost}
                     results["cells"].append(cell)
                     done.add((row, cell_bits, steps, seed))
                     print(json.dumps(cell), flush=True)

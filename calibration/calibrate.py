@@ -668,20 +668,23 @@ class _SiteSearch:
 
 
 def quantize_model(model: nn.Module, record: CalibrationRecord, reduce_range: bool = False,
-                   exact_sums: bool = False, attention: bool = True) -> tuple[nn.Module, GroupSelector]:
+                   exact_sums: bool = False, attention: bool = True,
+                   uniform_operands: frozenset[str] = frozenset()) -> tuple[nn.Module, GroupSelector]:
     """A copy of `model` whose sites fake-quantize exactly as the exported graph computes.
 
     `reduce_range` mirrors an export for CPUs without VNNI: 8-bit weights and the second
     operand of activation x activation GEMMs keep their clipping range with 7-bit codes.
     `exact_sums` sums the GEMMs in float64, as integer kernels sum exactly (parity checks).
     `attention=False` keeps Q·Kᵀ and A·V in float, as an export with `--attention float`.
+    `uniform_operands`: "site.operand" names read as one uniform part (`site_quants`), as an export
+    with TensorRT's fused-attention placement.
     It reads the record through `calibration.forms.site_quants`, as the ONNX export does.
     Returns the model and its `GroupSelector`: set the time group before each call.
     """
     record.check_model(model)
     qmodel = copy.deepcopy(model).eval()
     selector = GroupSelector(record.time_groups.num_groups)
-    for sq in site_quants(record, reduce_range, attention):
+    for sq in site_quants(record, reduce_range, attention, uniform_operands):
         quantizers = {op: ActivationQuantizer(q, selector) for op, q in sq.operands.items()}
         module = qmodel.get_submodule(sq.site.name)
         if sq.site.kind == "linear":

@@ -98,6 +98,23 @@ class OperandQuant:
         hi = tuple(c + qmax * s for c, s in zip(self.offset, part.scale))
         return replace(self, region="uniform", parts=(Part("all", tuple(h / qmax for h in hi)),), offset=None)
 
+    def uniform(self) -> "OperandQuant":
+        """One uniform part over the operand's whole clipping range: what a consumer that takes a
+        single per-tensor Q/DQ gets (TensorRT's fused attention has one A·V GEMM, so no second
+        region). Softmax forms: [0, 1] (r + qmax * step_high for the saturating form, qmax *
+        step_high for the paper's), step top / qmax; a uniform operand is returned as it is."""
+        if self.region == "uniform":
+            return self
+        qmax = qrange(self.bits)[1]
+        if self.region == "softmax":
+            top = tuple(qmax * s for s in self.parts[1].scale)
+        elif self.region == "softmax-saturate":
+            top = tuple(r + qmax * s for r, s in zip(self.parts[1].threshold, self.parts[1].scale))
+        else:
+            raise ValueError(f"{self.site}.{self.operand}: a {self.region} operand has no single-part form here; "
+                             "only softmax operands (A of A·V) are read as one uniform part")
+        return replace(self, region="uniform", parts=(Part("all", tuple(t / qmax for t in top)),), offset=None)
+
     def fake_quant(self, x: torch.Tensor, group: int) -> torch.Tensor:
         """x_hat of time group `group`, in torch (the calibration's fake-quant model)."""
         out = None
@@ -199,18 +216,22 @@ class SiteQuant:
     operands: dict[str, OperandQuant]
 
 
-def site_quants(record, reduce_range: bool = False, attention: bool = True) -> list[SiteQuant]:
+def site_quants(record, reduce_range: bool = False, attention: bool = True,
+                uniform_operands: frozenset[str] | set[str] = frozenset()) -> list[SiteQuant]:
     """The typed reading of a whole record: every site it quantizes, in record order.
 
     `reduce_range` (ONNX Runtime's u8 x s8 kernel without VNNI): 8-bit weights and the second
     operand of activation x activation GEMMs keep their clipping range with 7-bit codes.
     `attention=False` leaves the activation x activation GEMMs (Q·Kᵀ, A·V) in float.
+    `uniform_operands` ("site.operand" names) are read as one uniform part over their clipping
+    range (`OperandQuant.uniform`), e.g. A where TensorRT's fused attention takes one A·V GEMM.
     """
     out = []
     for site in record.sites:
         if site.kind == "matmul" and not attention:
             continue
         operands = {op: operand_quant(record, site, op) for op in site.activation_operands}
+        operands = {op: q.uniform() if f"{site.name}.{op}" in uniform_operands else q for op, q in operands.items()}
         w_scale, w_bits = None, record.weight_bits
         if site.kind == "linear":
             w_scale = record.tensor(site.name, "weight", "scale")

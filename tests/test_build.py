@@ -39,6 +39,8 @@ def test_build_writes_onnx_lint_and_manifest_then_stops_clearly(tiny_checkpoint,
     assert set(info["inputs"]["onnx_sha256"]) == {g["file"] for g in onnx_manifest["graphs"]}
     assert all((out / "onnx" / f).stat().st_size == n for f, n in info["sizes_bytes"]["onnx"].items())
     assert onnx_manifest["bits"]["weights_in_graph"] == 8  # GPU targets get full 8-bit weights
+    # strongly typed targets: float16 float ops (the weakly typed 10.3 network picks FP16 itself)
+    assert info["float_precision"] == onnx_manifest["float_precision"] == ("fp32" if target == "orin" else "fp16")
     assert json.loads((out / "lint.json").read_text()).keys() == info["inputs"]["onnx_sha256"].keys()
     assert (out / "record" / "record.json").exists() and len(info["inputs"]["record_sha256"]) == 64
 

@@ -129,10 +129,16 @@ def test_targets_pick_mrq_forms_layout_and_attention(tiny_checkpoint, tmp_path, 
     manifest = json.loads((orin / "manifest.json").read_text())
     assert manifest["layout"] == "single" and manifest["target"] == "orin" and not manifest["bits"]["reduce_range"]
     assert manifest["mrq_forms"] == ["gelu-shift", "softmax-saturate"] and manifest["attention"] == "int8"
+    assert manifest["float_precision"] == "fp32"  # JetPack 6's weakly typed network picks FP16 itself
     # A record of the paper's forms exports as it is, with a note saying how to get the target's forms.
     assert main(["export", "--model", str(tiny_checkpoint), "--record", str(paper), "--out", str(tmp_path / "p"),
                  "--target", "h100"]) == 0
     assert "tqdit calibrate --target h100" in capsys.readouterr().err
+    # Strongly typed TensorRT targets get float16 float ops; --float-precision fp32 keeps float32
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text())["float_precision"] == "fp16"
+    assert main(["export", "--model", str(tiny_checkpoint), "--record", str(paper), "--out", str(tmp_path / "p32"),
+                 "--target", "h100", "--float-precision", "fp32"]) == 0
+    assert json.loads((tmp_path / "p32" / "manifest.json").read_text())["float_precision"] == "fp32"
 
     # Attention in float: the parity check builds its reference with float attention too.
     fa = tmp_path / "float_attention"

@@ -80,10 +80,25 @@ W4A8_NOTE = ("W4A8: TensorRT has no INT4 x INT8 GEMM; INT4 weights are weight-on
              "FP16 on dequantized weights (the memory for weights is 4-bit; the arithmetic is not integer)")
 
 
+def _installed_trt_major() -> int | None:
+    """The major version of the TensorRT installed here, or None (then the target's default applies)."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except (AttributeError, ValueError):
+        return None
+
+
 def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Path, out: Path, target: str,
           layout: str | None = None, plugin_library: Path | None = None, command: str = "",
-          precision: str = "int8") -> tuple[dict, int]:
-    """Write the build folder; returns (build.json contents, exit status: 0 or ENGINES_MISSING)."""
+          precision: str = "int8", float_precision: str | None = None) -> tuple[dict, int]:
+    """Write the build folder; returns (build.json contents, exit status: 0 or ENGINES_MISSING).
+
+    `float_precision=None`: the target's for the TensorRT installed here (fp16 wherever the
+    network is strongly typed, `Target.float_precision_for`)."""
     if target not in ENGINE_TARGETS:
         hint = " (ONNX Runtime needs no engine: use `tqdit export --target cpu`)" if target in TARGETS else ""
         raise ValueError(f"--target {target!r} is not a TensorRT target{hint}; choose one of {', '.join(ENGINE_TARGETS)}")
@@ -93,6 +108,7 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
                          f"{sorted(k for k, t in TARGETS.items() if t.fp8)} or --precision int8")
     layout = Layout.of(layout or spec.layout, "--layout").value
     _check_tensorrt_precision(precision)
+    float_precision = float_precision or spec.float_precision_for(_installed_trt_major())
     start = time.perf_counter()
     with atomic_folder(out, BUILD_MANIFEST) as tmp:
         with atomic_folder(tmp / "record", RECORD_JSON) as copy:  # the record's files, not what else is beside them
@@ -100,7 +116,8 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
                 shutil.copy2(Path(record_dir) / name, copy / name)
         # GPU targets: full 8-bit weights (7-bit codes are an ONNX Runtime CPU workaround).
         manifest = export_dit(model, record, tmp / "onnx", layout=layout, weight_reduce_range=False,
-                              precision=precision, attention=spec.attention, target=target)
+                              precision=precision, attention=spec.attention, target=target,
+                              float_precision=float_precision, fused_attention=spec.fused_attention)
         graphs = [g["file"] for g in manifest["graphs"]]
         lint = {f: [str(x) for x in lint_file(tmp / "onnx" / f)] for f in graphs}
         (tmp / "lint.json").write_text(json.dumps(lint, indent=2) + "\n")
@@ -113,6 +130,7 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
                                   W4A8_NOTE if record.weight_bits <= 4 else None] if n],
             "layout": layout,
             "precision": precision,
+            "float_precision": float_precision,
             "time_groups": manifest["time_groups"],
             "model": {"name": model_name, "config": record.model_config},
             "inputs": {"weights_sha256": record.model_hash, "record_sha256": record_sha256(record_dir),

@@ -23,6 +23,7 @@ from calibration.record import CalibrationRecord
 
 from .engines.ort_backend import OrtBackend
 from .models.dit import DiT
+from .onnx.export import fused_attention_operands
 from .onnx.manifest import check_record, read_manifest
 from .quant import FakeQuantBackend, collect_calibration_data
 
@@ -41,12 +42,13 @@ class GroupParity:
 class Fp8Reference:
     """What an FP8 export computes, in torch: the export modules of each time group."""
 
-    def __init__(self, model: DiT, record: CalibrationRecord, attention: bool = True) -> None:
+    def __init__(self, model: DiT, record: CalibrationRecord, attention: bool = True,
+                 fused_attention: bool = False) -> None:
         from .onnx.export import qdq_model
 
         self.groups = record.time_groups
-        self.models = [qdq_model(model, record, g, precision="fp8", attention=attention)
-                       for g in range(self.groups.num_groups)]
+        self.models = [qdq_model(model, record, g, precision="fp8", attention=attention,
+                                 fused_attention=fused_attention) for g in range(self.groups.num_groups)]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -114,8 +116,12 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
         reduce_range = bool(ort_backend.manifest.raw["bits"].get("reduce_range"))
     # An export that keeps attention in float (`--attention float`) is compared with the same model.
     attention = ort_backend.manifest.get("attention", "int8") != "float"
-    reference = Fp8Reference(model, record, attention) if fp8 else FakeQuantBackend(model, record, reduce_range=reduce_range,
-                                                                         exact_sums=True, attention=attention)
+    # The fused-attention placement reads A as one uniform part (its extra Q/DQ on A·V's output
+    # re-quantizes what proj's input Q/DQ quantizes, so the reference needs nothing for it).
+    fused = list(ort_backend.manifest.get("fused_attention") or [])
+    reference = (Fp8Reference(model, record, attention, bool(fused)) if fp8 else
+                 FakeQuantBackend(model, record, reduce_range=reduce_range, exact_sums=True, attention=attention,
+                                  uniform_operands=fused_attention_operands(fused)))
     if data is None:
         data = collect_calibration_data(model, record.time_groups, samples, seed=seed + 7,
                                         clip_denoised=clip_denoised, progress=False)

@@ -230,14 +230,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     # auto: the target's choice (the CPU target detects VNNI); TensorRT targets keep 8-bit codes
     reduce = {"auto": spec.reduce_range, "on": True, "off": False}[args.reduce_range]
     attention = spec.attention if args.attention is None else args.attention == "int8"
+    float_precision = args.float_precision or spec.float_precision
+    fused = spec.fused_attention if args.fused_attention is None else args.fused_attention == "on"
     start = time.perf_counter()
     manifest = export_dit(resolved.model, record, args.out, layout=args.layout or spec.layout, fp32=args.fp32,
                           weight_reduce_range=reduce, precision=args.precision, attention=attention,
-                          target=args.target)
+                          target=args.target, float_precision=float_precision, fused_attention=fused)
     size = sum((Path(args.out) / g["file"]).stat().st_size for g in manifest["graphs"])
     print(f"exported {len(manifest['graphs'])} {manifest['layout']} graph(s)"
           f"{' + fp32' if args.fp32 else ''} ({size / 2**20:.2f} MiB quantized, weights in graph "
-          f"{manifest['bits']['weights_dtype']}, {manifest['bits']['weights_in_graph']}-bit codes) in "
+          f"{manifest['bits']['weights_dtype']}, {manifest['bits']['weights_in_graph']}-bit codes, float ops "
+          f"{manifest['float_precision']}) in "
           f"{time.perf_counter() - start:.1f} s to {args.out}")
     return 0
 
@@ -343,7 +346,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"calibrated {args.bits} (G={args.groups}) in {time.perf_counter() - start:.1f} s")
         info, status = build(resolved.model, resolved.name, record, Path(record_dir), args.out, args.target,
                              layout=args.layout, plugin_library=args.plugin_library, command=command,
-                             precision=args.precision)
+                             precision=args.precision, float_precision=args.float_precision)
     onnx_mib = sum(info["sizes_bytes"]["onnx"].values()) / 2**20
     print(f"exported {len(info['sizes_bytes']['onnx'])} {info['layout']} graph(s) ({onnx_mib:.2f} MiB), "
           f"lint findings: {info['lint']['findings']} -> {args.out}")
@@ -603,6 +606,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--precision", choices=("int8", "fp8"), default="int8",
                    help="int8 Q/DQ (default), or fp8: float8e4m3fn Q/DQ at opset 19 over the record's clipping "
                         "ranges, for TensorRT on Ada/Hopper (ONNX Runtime runs it in float on the CPU)")
+    x.add_argument("--fused-attention", choices=("on", "off"), default=None,
+                   help="TensorRT's fused INT8 attention placement (A as one uniform Q/DQ, a Q/DQ on A·V's output) "
+                        "where the head size is 16/32/64 and tokens <= 512, per-group layout; default: on for the "
+                        "TensorRT targets, off for cpu")
+    x.add_argument("--float-precision", choices=("fp16", "fp32"), default=None,
+                   help="type of the non-quantized ops and Q/DQ scales; default: the target's (fp16 for the "
+                        "strongly typed TensorRT targets h100, a100, l40s; fp32 for cpu, orin, orin-nano)")
     x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="the whole pipeline on the bundled model, FP32 vs INT8 side by side")
@@ -643,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the target's layout")
     b.add_argument("--precision", choices=("int8", "fp8"), default="int8",
                    help="int8 (default) or fp8 (E4M3; targets h100 and l40s only)")
+    b.add_argument("--float-precision", choices=("fp16", "fp32"), default=None,
+                   help="type of the non-quantized ops; default: fp16 where the network is strongly typed "
+                        "(h100, a100, l40s, and every target on TensorRT 11), fp32 on orin/orin-nano with 10.x")
     b.add_argument("--plugin-library", type=Path, default=None,
                    help="libtqdit_trt_plugins.so for the plugin layout (default: the Python plugin)")
     b.add_argument("--out", type=Path, required=True, help="build folder to write")

@@ -6,7 +6,11 @@ A target fixes the choices a user should not have to make one by one:
 - whether the activation x activation GEMMs (Q·Kᵀ, A·V) are quantized;
 - the graph layout, and for ONNX Runtime's CPU kernel whether 8-bit weights need 7-bit codes
   (no VNNI: its u8 x s8 kernel adds pairs of products in saturating int16);
-- for TensorRT: network typing, the optimisation profile's largest batch, FP8 support.
+- for TensorRT: network typing, the optimisation profile's largest batch, FP8 support, and the
+  type of the non-quantized ops: a strongly typed network runs every op in the type the graph
+  gives it, so those targets export them (and the Q/DQ scales) in float16; a weakly typed one
+  (TensorRT 10.3 on Jetson) picks FP16 itself under its FP16 builder flag and keeps the float32 graph;
+  ONNX Runtime's CPU FP16 kernels are slower than its FP32 ones, so `cpu` stays float32.
 Explicit flags (`--layout`, `--attention`, `--softmax-mrq`, ...) override a target.
 """
 from __future__ import annotations
@@ -28,6 +32,17 @@ class Target:
     softmax_mrq: str = "saturate"  # MRQ form of the post-softmax A (calibration.forms)
     gelu_mrq: str = "shift"  # MRQ form of the post-GELU fc2 input
     reduce_range: bool | None = False
+    float_precision: str = "fp16"  # type of the non-quantized ops and Q/DQ scales (onnx.qdq.FLOAT_PRECISIONS)
+    # TensorRT's fused INT8 attention placement (onnx.export.qdq_model) where the head size and
+    # token count allow it, in the per-group layout; ONNX Runtime gains nothing from it and keeps MRQ on A.
+    fused_attention: bool = True
+
+    def float_precision_for(self, trt_major: int | None = None) -> str:
+        """The float type to export for a build with TensorRT `trt_major` (None: not known here).
+        TensorRT 11 has only strongly typed networks, so every TensorRT target gets float16 there."""
+        if self.engine == "tensorrt" and trt_major is not None and trt_major >= 11:
+            return "fp16"
+        return self.float_precision
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -39,16 +54,17 @@ class Target:
 TARGETS: dict[str, Target] = {
     # ONNX Runtime runs Q·Kᵀ and A·V as integer kernels (MatMulIntegerToFloat, QLinearMatMul).
     "cpu": Target("CPU with ONNX Runtime (7-bit weight codes unless the CPU has AVX-512 VNNI)", "per-group", "ort",
-                  max_batch=0, reduce_range=None),
+                  max_batch=0, reduce_range=None, float_precision="fp32",
+                  fused_attention=False),
     "h100": Target("NVIDIA H100 / H200 (Hopper), TensorRT >= 10", "per-group", "tensorrt", 64, fp8=True),
     "a100": Target("NVIDIA A100 (Ampere), TensorRT >= 10", "per-group", "tensorrt", 64),
     "l40s": Target("NVIDIA L40S / RTX 4090 (Ada), TensorRT >= 10", "per-group", "tensorrt", 32, fp8=True),
     # Jetson: memory is shared with the CPU, so the weights are stored once (single layout);
     # JetPack 6 ships TensorRT 10.3, whose INT8 path is the weakly typed one.
     "orin": Target("Jetson AGX Orin / Orin NX (JetPack 6, TensorRT 10.3)", "single", "tensorrt", 8,
-                   strongly_typed=False),
+                   strongly_typed=False, float_precision="fp32"),
     "orin-nano": Target("Jetson Orin Nano (JetPack 6, TensorRT 10.3)", "single", "tensorrt", 4,
-                        strongly_typed=False),
+                        strongly_typed=False, float_precision="fp32"),
 }
 ENGINE_TARGETS = tuple(k for k, t in TARGETS.items() if t.engine == "tensorrt")
 

@@ -146,7 +146,9 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         t_freq = self.timestep_embedding(t, self.frequency_embedding_size, freq_shift=self.freq_shift)
-        return self.mlp(t_freq)
+        # The sinusoid is always float32 (its arguments reach 1000 rad, where float16's step is 0.5);
+        # a float16 MLP takes it in its own type (a no-op for float32 weights).
+        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):

@@ -16,7 +16,10 @@ fail to fuse. Errors fail an export; warnings are reported. Rules (codes in brac
   `plugin_version` attributes TensorRT's ONNX parser looks it up by, or with a scale table
   or bit width the plugin refuses (empty, over 256 groups, a scale <= 0, bits outside 2..8);
 - [opset] default-domain opset below 13 (no per-channel Q/DQ) is an error; 21 and above a
-  warning (ONNX Runtime refuses int8 Q/DQ graphs there with optimizations on).
+  warning (ONNX Runtime refuses int8 Q/DQ graphs there with optimizations on);
+- [fp32-op] in an FP16 export (metadata `float_precision=fp16`, or any float16 tensor), an op
+  other than Q/DQ that computes in float32, except the float32 ops `FP16_EXCEPTIONS` names:
+  on a strongly typed TensorRT network it would run in FP32.
 """
 from __future__ import annotations
 
@@ -33,6 +36,18 @@ from trt_plugins.reference import PLUGIN_NAMESPACE, PLUGIN_VERSION, check_table
 from .plugin_ref import is_plugin_node, plugin_attributes
 
 GEMMS = ("MatMul", "Gemm", "Conv")
+COMPARISONS = ("Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal")
+
+# The float32 ops an FP16 export keeps, and why (the manifest records them; [fp32-op] allows only these).
+FP16_EXCEPTIONS: dict[str, str] = {
+    "timestep-embedding": "the sinusoidal embedding of t and its inputs (Cast of t, t * freqs, Cos, Sin, Concat): "
+                          "the arguments reach 999 rad, where float16's step is 0.5 rad, so cos/sin would be "
+                          "noise; the embedding (in [-1, 1]) is cast to float16 before the timestep MLP",
+    "graph-output": "the Cast of the output to float32: the graph interface (x in, out out) stays float32 for "
+                    "every runtime; x is cast to float16 where it enters",
+    "plugin-input": "the Cast to float32 in front of each TimeGroupQuantize plugin (plugin layout), which reads "
+                    "float32",
+}
 ALLOWED_ZP_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.FLOAT8E4M3FN)
 
 
@@ -122,6 +137,70 @@ def lint_model(model: onnx.ModelProto) -> list[Finding]:
                                     f"per-channel scale on activation {node.input[0]!r}; activations are per tensor"))
         if node.op_type == "DequantizeLinear":
             findings += _check_consumer(node, name, per_channel and data_is_constant, shapes, consumers)
+    findings += _check_float32_ops(model, consumers)
+    return findings
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type of every tensor of the graph: declared ones, constants, then shape inference."""
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]
+             if v.type.HasField("tensor_type")}
+    types.update({i.name: i.data_type for i in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            types[node.output[0]] = node.attribute[0].t.data_type
+    if any(o and o not in types for n in graph.node for o in n.output):
+        try:  # the exporter declares most intermediate types; inference fills the rest
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+            for v in inferred.value_info:
+                types.setdefault(v.name, v.type.tensor_type.elem_type)
+        except (onnx.shape_inference.InferenceError, ValueError):
+            pass  # a graph inference cannot read is checked on the types it declares
+    return {k: v for k, v in types.items() if v}
+
+
+def is_float16_export(model: onnx.ModelProto, types: dict[str, int] | None = None) -> bool:
+    """Whether `model` is an FP16 export: its metadata says so, or it holds float16 tensors."""
+    if any(p.key == "float_precision" and p.value == "fp16" for p in model.metadata_props):
+        return True
+    types = _elem_types(model) if types is None else types
+    return onnx.TensorProto.FLOAT16 in types.values()
+
+
+def _check_float32_ops(model: onnx.ModelProto, consumers: dict[str, list[onnx.NodeProto]]) -> list[Finding]:
+    """[fp32-op]: in an FP16 export, every op but Q/DQ and the `FP16_EXCEPTIONS` computes in float16."""
+    types = _elem_types(model)
+    if not is_float16_export(model, types):
+        return []
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    # Tensors that depend on a graph input other than t: everything else is the timestep
+    # embedding (or a constant). graph.node is in topological order (an ONNX requirement).
+    tainted = {i.name for i in graph.input if i.name != "t"}
+    for node in graph.node:
+        if any(i in tainted for i in node.input):
+            tainted.update(node.output)
+    fp32 = onnx.TensorProto.FLOAT
+    findings = []
+    for index, node in enumerate(graph.node):
+        if node.op_type in ("Constant", "QuantizeLinear", "DequantizeLinear") or is_plugin_node(node):
+            continue
+        computes_fp32 = any(types.get(o) == fp32 for o in node.output) or (
+            node.op_type in COMPARISONS and any(types.get(i) == fp32 for i in node.input))
+        if not computes_fp32:
+            continue
+        if not any(o in tainted for o in node.output):
+            continue  # timestep-embedding
+        users = [u for o in node.output for u in consumers.get(o, [])]
+        if node.op_type == "Cast" and all(o in outputs for o in node.output):
+            continue  # graph-output
+        if node.op_type == "Cast" and users and all(is_plugin_node(u) for u in users):
+            continue  # plugin-input
+        findings.append(Finding("error", "fp32-op", _node_name(node, index),
+                                f"{node.op_type} computes in float32 in an FP16 export; a strongly typed TensorRT "
+                                "network runs it in FP32. Give it float16 inputs, or export with "
+                                f"float_precision='fp32' (float32 is kept only for: {', '.join(FP16_EXCEPTIONS)})"))
     return findings
 
 

@@ -13,10 +13,21 @@ model. What the ONNX graph holds, per TensorRT's explicit-quantization rules:
   record's integer clipping ranges carry over, amax = s * qmax  ->  s_fp8 = amax / 448.
 LayerNorm, adaLN, softmax, GELU and residual adds stay in float.
 
+FP16 float ops (`export.qdq_model(float_precision="fp16")`, for strongly typed TensorRT
+networks): every float tensor of the graph is float16 except the timestep's sinusoidal
+embedding and the graph's float32 interface. The Q/DQ scales are float16 too, so each DequantizeLinear yields float16 (its
+output type is its scale's type) and every quantized GEMM reads and writes float16: no Cast
+sits between a DQ and its GEMM. A scale below float16's normal range (2^-14) would lose
+precision (or flush to zero): such an activation part is multiplied by 2^k before its
+Q/DQ (exact) and its GEMM output by 2^-k; such a weight channel's scale is raised to 2^-14
+and its codes re-rounded.
+
 The ONNX nodes come from `torch.autograd.Function.symbolic`, which the TorchScript-based
 exporter (`torch.onnx.export(..., dynamo=False)`) honours.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -26,7 +37,23 @@ from calibration.quantizers import fake_quant, qrange
 from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 PRECISIONS = ("int8", "fp8")
+FLOAT_PRECISIONS = ("fp32", "fp16")  # the type of the graph's float (non-quantized) ops and of its Q/DQ scales
 FP8_MAX = 448.0  # largest finite float8e4m3fn value
+FP16_MIN_NORMAL = 2.0**-14  # below it float16 is subnormal: a scale there keeps only a few significant bits
+
+
+def _float_type(x) -> torch.dtype:
+    """The float dtype of a traced graph value (float16 in an FP16 export, else float32)."""
+    return torch.float16 if x.type().scalarType() == "Half" else torch.float32
+
+
+def pow2_prescale(scales: list[float]) -> float:
+    """The power of two f >= 1 that lifts the smallest of `scales` into float16's normal range
+    (1.0 when it is there already): Q/DQ(x * f, s * f) == f * Q/DQ(x, s) exactly."""
+    smallest = min(scales)
+    if smallest >= FP16_MIN_NORMAL:
+        return 1.0
+    return float(2.0 ** math.ceil(math.log2(FP16_MIN_NORMAL / smallest)))
 
 
 def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -49,10 +76,11 @@ class _QDQ(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x, scale: float, bits: int):  # noqa: D102
         lo, hi = qrange(bits)
+        dtype = _float_type(x)  # the scale's type is x's, and the DQ output's is the scale's
         if bits < 8:  # narrower codes: clip to their range, then int8 Q/DQ rounds identically
-            x = g.op("Clip", x, g.op("Constant", value_t=torch.tensor(lo * scale, dtype=torch.float32)),
-                     g.op("Constant", value_t=torch.tensor(hi * scale, dtype=torch.float32)))
-        s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
+            x = g.op("Clip", x, g.op("Constant", value_t=torch.tensor(lo * scale, dtype=dtype)),
+                     g.op("Constant", value_t=torch.tensor(hi * scale, dtype=dtype)))
+        s = g.op("Constant", value_t=torch.tensor(scale, dtype=dtype))
         zp = g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8))
         return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, zp), s, zp)
 
@@ -66,17 +94,17 @@ class _QDQFP8(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, scale: float):  # noqa: D102
-        s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
+        s = g.op("Constant", value_t=torch.tensor(scale, dtype=_float_type(x)))
         zp = g.op("Constant", value_t=torch.zeros((), dtype=torch.float8_e4m3fn))
         return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, zp), s, zp)
 
 
 class _DequantWeight(torch.autograd.Function):
-    """int8 (or float8e4m3fn) weight codes [in, out] and per-output-channel scales (out,) -> float weight."""
+    """int8 (or float8e4m3fn) weight codes [in, out] and per-output-channel scales (out,) -> weight in the scale's type."""
 
     @staticmethod
     def forward(ctx, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return codes.float() * scale
+        return codes.to(scale.dtype) * scale
 
     @staticmethod
     def symbolic(g, codes, scale):  # noqa: D102
@@ -108,15 +136,15 @@ class _TimeGroupQuantize(torch.autograd.Function):
 
 
 class _DequantCodes(torch.autograd.Function):
-    """int8 codes -> float with scale 1: the DequantizeLinear TensorRT fuses into the GEMM after the plugin."""
+    """int8 codes -> float (of `dtype`) with scale 1: the DequantizeLinear TensorRT fuses into the GEMM after the plugin."""
 
     @staticmethod
-    def forward(ctx, codes: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return codes.float()
+    def forward(ctx, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # noqa: D102
+        return codes.to(dtype)
 
     @staticmethod
-    def symbolic(g, codes):  # noqa: D102
-        return g.op("DequantizeLinear", codes, g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float32)),
+    def symbolic(g, codes, dtype: torch.dtype):  # noqa: D102
+        return g.op("DequantizeLinear", codes, g.op("Constant", value_t=torch.tensor(1.0, dtype=dtype)),
                     g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8)))
 
 
@@ -169,9 +197,13 @@ class ActivationQDQ(nn.Module):
     GEMM output is multiplied by (None for 1); `offset` is what the consumer adds back.
     `precision="fp8"`: float8e4m3fn codes over the same clipping ranges (thresholds unchanged; a
     shifted form becomes its unshifted range, `OperandQuant.unshifted`).
+    `float16=True` (FP16 exports): a part whose smallest scale lies below float16's normal
+    range is multiplied by a power of two f before its Q/DQ, with scales s * f, and its GEMM
+    output by 1/f (`pow2_prescale`; exact, and a no-op for the scales records hold today).
     """
 
-    def __init__(self, quant: OperandQuant, group: int | GroupInput, precision: str = "int8") -> None:
+    def __init__(self, quant: OperandQuant, group: int | GroupInput, precision: str = "int8",
+                 float16: bool = False) -> None:
         super().__init__()
         fp8 = precision == "fp8"
         if fp8 and isinstance(group, GroupInput) and group.plugin:
@@ -182,10 +214,14 @@ class ActivationQDQ(nn.Module):
         self.quant, self.group = quant, group
         self.codes = "fp8" if fp8 else quant.bits
         # Per part: its selection and per-group tables (FP8 steps keep the integer clipping range).
-        self.parts = [(p.selection, [fp8_scale(v, quant.bits) for v in p.scale] if fp8 else list(p.scale),
-                       None if p.threshold is None else list(p.threshold)) for p in quant.parts]
+        self.parts = []
+        for p in quant.parts:
+            scale = [fp8_scale(v, quant.bits) for v in p.scale] if fp8 else list(p.scale)
+            factor = pow2_prescale(scale) if float16 else 1.0
+            self.parts.append((p.selection, [v * factor for v in scale],
+                               None if p.threshold is None else list(p.threshold), factor))
         if isinstance(group, GroupInput):
-            for i, (_, scale, threshold) in enumerate(self.parts):
+            for i, (_, scale, threshold, _) in enumerate(self.parts):
                 self.register_buffer(f"scale_{i}", torch.tensor(scale, dtype=torch.float32))
                 if threshold is not None:
                     self.register_buffer(f"threshold_{i}", torch.tensor(threshold, dtype=torch.float32))
@@ -199,17 +235,27 @@ class ActivationQDQ(nn.Module):
             return table[0]
         return getattr(self, name)[self.group.index]
 
-    def _part(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        selection, table, threshold = self.parts[i]
-        x = select(x, selection, None if threshold is None else self._value(f"threshold_{i}", threshold))
+    def _part(self, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor | float | None]:
+        selection, table, threshold, factor = self.parts[i]
+        thr = None if threshold is None else self._value(f"threshold_{i}", threshold)
+        if isinstance(thr, float) and x.dtype == torch.float16:
+            # A Python float would make the exporter compare in float32 (a Cast of x in front of Less)
+            thr = torch.tensor(thr, dtype=x.dtype)
+        x = select(x, selection, thr)
+        if factor != 1.0:  # a power of two: exact, and the tables hold s * factor
+            x = x * factor
+        undo = None if factor == 1.0 else 1.0 / factor
         if not isinstance(self.group, GroupInput):
-            return qdq(x, table[self.group], self.codes), None
+            return qdq(x, table[self.group], self.codes), undo
         if len(set(table)) == 1:  # the same scale in every group: a plain constant Q/DQ
-            return qdq(x, table[0], self.codes), None
+            return qdq(x, table[0], self.codes), undo
         scale = self._value(f"scale_{i}", table)
+        restore = scale if undo is None else scale * undo
         if self.group.plugin:
-            return _DequantCodes.apply(_TimeGroupQuantize.apply(x, self.group.index, tuple(table), self.codes)), scale
-        return qdq(x / scale, 1.0, self.codes), scale
+            # The plugin reads float32 (an FP16 export casts in front of it; a no-op in FP32 graphs).
+            codes = _TimeGroupQuantize.apply(x.float(), self.group.index, tuple(table), self.codes)
+            return _DequantCodes.apply(codes, x.dtype), restore
+        return qdq(x / scale, 1.0, self.codes), restore
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         return [self._part(x, i) for i in range(len(self.parts))]
@@ -223,11 +269,16 @@ class QDQLinear(nn.Module):
     """
 
     def __init__(self, linear: nn.Linear, act: ActivationQDQ, weight_scale: torch.Tensor, weight_bits: int,
-                 precision: str = "int8") -> None:
+                 precision: str = "int8", float16: bool = False) -> None:
         super().__init__()
         weight = linear.weight.detach()
         if precision == "fp8":
             weight_scale = fp8_scale(weight_scale, weight_bits)
+        if float16:
+            # A channel whose scale float16 holds only as a subnormal (max|w| < qmax * 2^-14) gets the
+            # smallest normal scale and codes rounded on it: its weights keep an absolute error <= 2^-15.
+            weight_scale = weight_scale.clamp(min=FP16_MIN_NORMAL)
+        if precision == "fp8":
             codes = (weight / weight_scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
         else:
             lo, hi = qrange(weight_bits)
@@ -264,15 +315,21 @@ class QDQLinear(nn.Module):
 
 
 class QDQMatMul(nn.Module):
-    """Activation x activation GEMM with both operands Q/DQ'd (a may have two regions)."""
+    """Activation x activation GEMM with both operands Q/DQ'd (a may have two regions), and
+    optionally its output: TensorRT's fused attention wants a Q/DQ right after A·V. `out` is
+    the consumer's quantizer (proj's input: the same values, transposed and reshaped), so the
+    consumer's own Q/DQ re-quantizes values already on its grid, which changes none of them."""
 
-    def __init__(self, a: ActivationQDQ, b: ActivationQDQ) -> None:
+    def __init__(self, a: ActivationQDQ, b: ActivationQDQ, out: ActivationQDQ | None = None) -> None:
         super().__init__()
-        for q in (a, b):
-            if q.quant.offset is not None:
+        for q in (a, b, out):
+            if q is not None and q.quant.offset is not None:
                 raise ValueError(f"{q.quant.site}.{q.quant.operand}: the {q.quant.region} form has an offset, which "
                                  "only a linear layer can fold into its bias")
-        self.qa, self.qb = a, b
+        if out is not None and len(out.parts) != 1:
+            raise ValueError(f"{out.quant.site}.{out.quant.operand}: an output Q/DQ takes one uniform part, "
+                             f"not the {out.quant.region} form")
+        self.qa, self.qb, self.qout = a, b, out
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         b_parts = self.qb(b)
@@ -285,4 +342,7 @@ class QDQMatMul(nn.Module):
             for factor in (restore, b_restore):
                 y = y if factor is None else y * factor
             out = y if out is None else out + y
+        if self.qout is not None:
+            [(out, restore)] = self.qout(out)
+            out = out if restore is None else out * restore
         return out

@@ -213,8 +213,10 @@ class FakeQuantBackend:
     name = "torch-fakequant"
 
     def __init__(self, model: nn.Module, record: CalibrationRecord, device: str = "cpu",
-                 reduce_range: bool = False, exact_sums: bool = False, attention: bool = True) -> None:
-        qmodel, self.selector = quantize_model(model, record, reduce_range, exact_sums, attention)
+                 reduce_range: bool = False, exact_sums: bool = False, attention: bool = True,
+                 uniform_operands: frozenset[str] = frozenset()) -> None:
+        qmodel, self.selector = quantize_model(model, record, reduce_range, exact_sums, attention,
+                                               frozenset(uniform_operands))
         self.model = qmodel.to(device).eval()
         self.groups = record.time_groups
         self.device = device
