@@ -110,15 +110,15 @@ def check_export(model: DiT, record: CalibrationRecord, onnx_dir: str | Path, sa
 
     check_record(read_manifest(onnx_dir), onnx_dir, record, record_dir)
     ort_backend = OrtBackend(onnx_dir)
-    fp8 = ort_backend.manifest.get("precision") == "fp8"
+    fp8 = ort_backend.manifest.raw.get("precision") == "fp8"
     # An export with 7-bit weight codes (CPUs without VNNI) is compared with the same widths.
     if reduce_range is None:
         reduce_range = bool(ort_backend.manifest.raw["bits"].get("reduce_range"))
     # An export that keeps attention in float (`--attention float`) is compared with the same model.
-    attention = ort_backend.manifest.get("attention", "int8") != "float"
+    attention = ort_backend.manifest.raw.get("attention", "int8") != "float"
     # The fused-attention placement reads A as one uniform part (its extra Q/DQ on A·V's output
     # re-quantizes what proj's input Q/DQ quantizes, so the reference needs nothing for it).
-    fused = list(ort_backend.manifest.get("fused_attention") or [])
+    fused = list(ort_backend.manifest.raw.get("fused_attention") or [])
     reference = (Fp8Reference(model, record, attention, bool(fused)) if fp8 else
                  FakeQuantBackend(model, record, reduce_range=reduce_range, exact_sums=True, attention=attention,
                                   uniform_operands=fused_attention_operands(fused)))
