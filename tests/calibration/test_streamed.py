@@ -118,6 +118,9 @@ _KILLER = """
 import os, signal, sys
 import calibration.calibrate as c
 sig = getattr(signal, sys.argv[1])
+# A process started in the background by a non-interactive shell inherits SIGINT ignored, and
+# Python then keeps it ignored: restore Ctrl-C's handler, as an interactive terminal has it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real = c.save_tensors_atomic
 def save(path, *a, **k):
     real(path, *a, **k)
