@@ -1,5 +1,5 @@
 """Resident memory of one calibration capture pass (one time group, batch 2n), with and without
-the recomputed blocks and the fixed glibc mmap threshold (`calibration.calibrate.return_freed_memory`).
+the recomputed blocks and the heap settings of the capture phase (`calibration.heap`).
 
     python benchmarks/calibration_memory.py --model DiT-S/2 [--samples-per-group 8] [--no-recompute] [--return-freed]
 
@@ -11,7 +11,8 @@ import argparse
 
 import torch
 
-from calibration.calibrate import CalibrationConfig, GroupData, _capture, return_freed_memory, site_blocks
+from calibration import heap
+from calibration.calibrate import CalibrationConfig, GroupData, _capture, site_blocks
 from tqdit_export.models import DiT, dit_config
 from tqdit_export.quant import denoising_loss, dit_sites
 
@@ -30,7 +31,8 @@ def main() -> None:
     p.add_argument("--return-freed", action="store_true")
     args = p.parse_args()
     if args.return_freed:
-        return_freed_memory()
+        heap.manage()
+        heap.phase("capture")
     torch.manual_seed(0)
     cfg = dit_config(args.model)
     model = DiT(cfg).eval().requires_grad_(False)

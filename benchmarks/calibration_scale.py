@@ -17,7 +17,9 @@ fresh process, and adds them up:
   groups' captures for one round, x 3 rounds (every round repeats the same work), the block x depth.
 The parts are the code paths `tqdit calibrate` runs (`calibration.calibrate._capture` and
 `_SiteSearch`), so a full run differs by the file I/O of its checkpoints only. Peak RSS is the
-worker's; it holds two groups' captures of every site at once, which a full run never does.
+worker's, with the heap settings `tqdit calibrate` uses in each phase (`calibration.heap`), taken
+for the capture passes and for the search separately; it holds two groups' captures of every site
+at once, which a full run never does.
 A fitted model (seconds = FLOPs / effective rate, one rate per phase) predicts the rest.
 """
 from __future__ import annotations
@@ -48,6 +50,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> None:
+    """Start VmHWM again from the current resident size (Linux: clear_refs 5), to measure a phase's own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def work_flops(cfg, groups: int, n: int) -> dict[str, float]:
     """FLOPs of each phase, counted from the config: what the cost model scales with.
 
@@ -66,11 +76,13 @@ def work_flops(cfg, groups: int, n: int) -> dict[str, float]:
 
 def worker(name: str, groups: int, n: int) -> dict:
     """Measure one row in this process (see the module docstring)."""
+    from calibration import heap
     from calibration.calibrate import CalibrationConfig, GroupData, _capture, _SiteSearch, site_blocks
     from calibration.sites import Site
     from tqdit_export.models import DiT, dit_config
     from tqdit_export.quant import denoising_loss, dit_sites
 
+    managed = heap.manage()  # the heap settings `tqdit calibrate` uses, phase by phase
     torch.manual_seed(0)
     cfg = dit_config(name)
     model = DiT(cfg).eval()
@@ -99,11 +111,15 @@ def worker(name: str, groups: int, n: int) -> dict:
     names = {s.name for s in sites}
     recompute = [b for b, _ in site_blocks(sites) if b not in names and any(p.isdigit() for p in b.split("."))]
     caps, capture_s = [], []
+    heap.phase("capture")
     for g in range(min(2, groups)):
         start = time.perf_counter()
         caps.append(_capture(model, sites, data[g], denoising_loss, config, gen, recompute))
         capture_s.append(time.perf_counter() - start)
+    heap.phase("compute")
     per_group = capture_s[-1]
+    capture_peak = peak_rss_mib()
+    reset_peak_rss()
     # What one group's capture spills to the work folder (the search reads it back block by block).
     spill = sum(t.numel() * t.element_size() for c in caps[0].values() for t in
                 (c.grad2, *c.operands.values(), *c.absmax.values(), *c.percentile.values()))
@@ -136,7 +152,9 @@ def worker(name: str, groups: int, n: int) -> dict:
                      "search_final_layer_one_round_s": round(final_s / ROUNDS, 2)},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "extrapolated": True,
-        "peak_rss_mib": round(peak_rss_mib()),
+        "peak_rss_mib": round(max(capture_peak, peak_rss_mib())),
+        "peak_rss_capture_mib": round(capture_peak), "peak_rss_search_mib": round(peak_rss_mib()),
+        "heap_managed": managed,
         "spill_mib": round(spill * groups / 2**20),
         "flops": work_flops(cfg, groups, n),
         "torch_threads": torch.get_num_threads(),
@@ -182,7 +200,7 @@ def report(rows: list[dict], cpu: dict) -> None:
         "depth, + the final layer.",
         "",
         "| model | params | G | n/group | trajectories | capture | search | total (extrapolated) | "
-        "peak RSS MiB | spilled captures MiB | measured: call s / capture s per group / first block, 1 round s | model predicts | command |",
+        "peak RSS MiB: capture / search | spilled captures MiB | measured: call s / capture s per group / first block, 1 round s | model predicts | command |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -190,7 +208,7 @@ def report(rows: list[dict], cpu: dict) -> None:
         pred = predict(rates, r["flops"])["total"]
         lines.append(
             f"| {r['model']} (random) | {r['params_m']}M | {r['groups']} | {r['samples_per_group']} | "
-            f"{h(s['trajectory'])} | {h(s['capture'])} | {h(s['search'])} | **{h(s['total'])}** | {r['peak_rss_mib']} | {r.get('spill_mib', '—')} | "
+            f"{h(s['trajectory'])} | {h(s['capture'])} | {h(s['search'])} | **{h(s['total'])}** | {r.get('peak_rss_capture_mib', r['peak_rss_mib'])} / {r.get('peak_rss_search_mib', '—')} | {r.get('spill_mib', '—')} | "
             f"{m['denoiser_call_s']} / {m['capture_group_s'][-1]} / {m['search_first_block_one_round_s']} | {h(pred)} | "
             f"`{r['command']}` |")
     lines += [
@@ -214,11 +232,13 @@ def report(rows: list[dict], cpu: dict) -> None:
         "",
         "## Notes",
         "",
-        "- The rows' peak RSS is the worker's, which holds two groups' captures of every site and runs with "
-        "glibc's default heap: freed activations of a pass stay resident (the dynamic mmap threshold). "
-        "`tqdit calibrate` fixes the threshold (`calibration.calibrate.return_freed_memory`): one DiT-S/2 capture "
-        "pass (n = 8) peaks at 762 MiB with it and 2252 MiB without, 1487 / 2807 MiB without the recomputed "
-        "blocks (`python benchmarks/calibration_memory.py --model DiT-S/2 [--return-freed] [--no-recompute]`).",
+        "- Peak RSS: the worker's during its two capture passes, and during the search (the peak counted again "
+        "from the end of the captures), with the heap settings `tqdit calibrate` uses in each phase "
+        "(`calibration.heap`: a 128 KiB mmap threshold while capturing, so freed activations leave the heap; "
+        "glibc's 32 MiB ceiling and a trimmed heap for the trajectories and the search, which a small threshold "
+        "slows 3x). The worker holds two groups' captures of every site in memory; a run spills them to disk. "
+        "One capture pass alone: `python benchmarks/calibration_memory.py --model M --samples-per-group N "
+        "--return-freed`.",
         "- The search keeps 256 rows per site and group whatever n, so n changes the trajectories and the capture "
         "only; G multiplies the activation search and the capture.",
         "- Spilled captures: what `OUT.partial/capture/` holds on disk during a run (G groups).",

@@ -4,10 +4,12 @@ BLS sampler), N concurrent clients on loopback, with and without dynamic batchin
     python benchmarks/serve_load.py                    # 4 clients x 8 requests x 4 images, DDPM 50 steps
     python benchmarks/serve_load.py --clients 8 --requests 4 --protocol grpc
 
-For each repository (dynamic batching on, then off): start tritonserver, warm up, take the
-server's RSS (tritonserver + its Python-backend stubs), run the clients (each sends its
-requests one after another; bounded by --requests and --max-seconds), take the RSS again,
-stop the server. Reports requests/s, images/s, latency p50/p95/p99 and errors, and checks one
+For each repository (dynamic batching on, then off): start tritonserver, warm up (--warmup
+rounds of every client sending one request at once, so the batches the load will form have been
+run and their memory allocated), take the server's RSS (tritonserver + its Python-backend
+stubs), run the clients in two halves (each sends its requests one after another; bounded by
+--requests and --max-seconds) taking the RSS after each half, stop the server. Growth past
+warm-up shows as the RSS after the second half above the RSS after the first. Reports requests/s, images/s, latency p50/p95/p99 and errors, and checks one
 served request against the API's draw of the same seed (bit for bit). Writes
 benchmarks/results/serve_load.{json,md}. Run alone on the machine: figures are wall-clock.
 """
@@ -69,12 +71,13 @@ def _inputs(module, labels: list[int], seed: int, steps: int) -> list:
     return out
 
 
-def _client(module, url: str, client: int, args: argparse.Namespace, deadline: float) -> list[tuple[float, str | None]]:
-    """One client: its requests one after another; (latency s, error or None) each."""
+def _client(module, url: str, client: int, requests: range, args: argparse.Namespace,
+            deadline: float) -> list[tuple[float, str | None]]:
+    """One client: its requests (numbered `requests`) one after another; (latency s, error or None) each."""
     results = []
     kwargs = {"network_timeout": 600.0} if module.__name__.endswith("http") else {}
     with module.InferenceServerClient(url, **kwargs) as c:
-        for r in range(args.requests):
+        for r in requests:
             if time.monotonic() > deadline:
                 break
             labels = [(client + r + k) % 10 for k in range(args.images)]
@@ -98,19 +101,26 @@ def run_config(export: Path, name: str, options: RepositoryOptions, args: argpar
         # Warm-up: every time group's session runs once, and one request is checked against the API.
         with module.InferenceServerClient(url) as c:
             served = c.infer("tqdit_sampler", _inputs(module, [3, 1], seed=5, steps=args.steps)).as_numpy("samples")
-            for _ in range(args.warmup):
-                c.infer("tqdit_sampler", _inputs(module, list(range(args.images)), seed=0, steps=args.steps))
         with urllib.request.urlopen(f"http://{server.http_url}/v2") as r:
             version = json.loads(r.read())["version"]
         exact = bool(np.array_equal(served, open_pipeline(export).sample([3, 1], seed=5, steps=args.steps)))
-        rss_before = server.rss_mib()
-        deadline = time.monotonic() + args.max_seconds
-        start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
-            per_client = list(pool.map(lambda i: _client(module, url, i, args, deadline), range(args.clients)))
-        wall = time.perf_counter() - start
-        rss_after = server.rss_mib()
-    results = [r for rs in per_client for r in rs]
+            def load(requests: range, deadline: float) -> list[tuple[float, str | None]]:
+                per_client = pool.map(lambda i: _client(module, url, i, requests, args, deadline), range(args.clients))
+                return [r for rs in per_client for r in rs]
+
+            warmup = load(range(args.requests, args.requests + args.warmup),  # seeds the load does not use
+                          time.monotonic() + args.max_seconds)
+            rss = [server.rss_mib()]
+            deadline = time.monotonic() + args.max_seconds
+            half = (args.requests + 1) // 2
+            results = []
+            start = time.perf_counter()
+            for requests in (range(half), range(half, args.requests)):
+                results += load(requests, deadline)
+                rss.append(server.rss_mib())
+            wall = time.perf_counter() - start
+    results += [(lat, f"warm-up: {err}") for lat, err in warmup if err is not None]
     ok = [lat for lat, err in results if err is None]
     errors = [err for _, err in results if err is not None]
     lat_ms = np.array(ok) * 1000 if ok else np.array([np.nan])
@@ -121,7 +131,7 @@ def run_config(export: Path, name: str, options: RepositoryOptions, args: argpar
             "images_per_s": round(len(ok) * args.images / wall, 2),
             "p50_ms": round(float(np.percentile(lat_ms, 50)), 1), "p95_ms": round(float(np.percentile(lat_ms, 95)), 1),
             "p99_ms": round(float(np.percentile(lat_ms, 99)), 1),
-            "rss_before_mib": round(rss_before, 1), "rss_after_mib": round(rss_after, 1),
+            "rss_before_mib": round(rss[0], 1), "rss_half_mib": round(rss[1], 1), "rss_after_mib": round(rss[2], 1),
             "served_equals_api": exact, "server_version": version}
 
 
@@ -138,16 +148,17 @@ def write_markdown(path: Path, data: dict) -> None:
         f"requests one after another (at most {s['max_seconds']} s), {s['images']} images per request "
         f"(one class each), DDPM {s['steps']} steps, guidance 1.5; the bundled dit-digits, W8A8 per-group INT8 graphs "
         f"({s['groups']} time groups) on ONNX Runtime in Python-backend denoisers, the BLS sampler with "
-        f"{data['rows'][0]['sampler_instances']} instances. {s['warmup']} warm-up requests before the RSS 'before'.",
+        f"{data['rows'][0]['sampler_instances']} instances. Warm-up: {s['warmup']} round(s) of every client sending one "
+        "request at once, before the RSS 'before'; the load runs in two halves, the RSS taken after each.",
         "",
         "| config | requests | errors | wall s | requests/s | images/s | p50 ms | p95 ms | p99 ms | "
-        "server RSS before (MiB) | after (MiB) | served = API (bit for bit) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "server RSS after warm-up (MiB) | after half the load | after all | served = API (bit for bit) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         lines.append(f"| {r['config']} | {r['requests']} | {r['errors']} | {r['wall_s']} | {r['requests_per_s']} | "
                      f"{r['images_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['rss_before_mib']} | "
-                     f"{r['rss_after_mib']} | {'yes' if r['served_equals_api'] else 'NO'} |")
+                     f"{r['rss_half_mib']} | {r['rss_after_mib']} | {'yes' if r['served_equals_api'] else 'NO'} |")
     lines.append("")
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(lines))
@@ -160,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=4, help="images per request (default 4)")
     p.add_argument("--steps", type=int, default=50, help="DDPM steps (default 50)")
     p.add_argument("--groups", type=int, default=10, help="time groups of the export (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="warm-up requests (default 2)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up rounds, every client at once (default 1)")
     p.add_argument("--max-seconds", type=float, default=300.0, help="no new request after this (default 300)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")
     p.add_argument("--export", type=Path, default=None, help="an export folder to serve (default: make one)")

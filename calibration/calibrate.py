@@ -20,6 +20,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from . import heap
 from .forms import form, form_name, quantizer, site_quants
 from .quantizers import fake_quant, initial_scale, minmax_scale
 from .record import CalibrationRecord, model_fingerprint
@@ -190,24 +191,6 @@ def peak_memory_mib(device: str | torch.device = "cpu") -> dict[str, float | Non
     if str(device).startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.max_memory_allocated() / 2**20
     return {"peak_rss_mib": round(rss, 1), "peak_gpu_mib": None if gpu is None else round(gpu, 1)}
-
-
-def return_freed_memory() -> bool:
-    """Make glibc give large freed blocks back to the OS at once (a process-wide setting; True if set).
-
-    glibc raises its mmap threshold each time a large block is freed, up to 32 MiB, so the
-    activations of a capture pass, once freed, stay in the heap: measured on DiT-S/2, one group's
-    pass peaks at 2252 MiB resident with the default and at 762 MiB with a fixed 128 KiB
-    threshold (`benchmarks/calibration_memory.py`). Fixing it keeps the resident size to what the
-    calibration holds. Only on Linux with glibc; elsewhere a no-op."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD; also stops the dynamic adjustment
-    except (OSError, AttributeError):
-        return False
 
 
 def _check_finite(data: list[GroupData]) -> None:
@@ -508,6 +491,7 @@ def calibrate(
     model.requires_grad_(False)
     shapes: dict[tuple, dict] = {}  # input shapes -> operand shapes: one probe pass for equal batches
     bar = tqdm(total=len(data), desc="capture (time groups)", disable=not progress, leave=False)
+    heap.phase("capture")  # the passes' activations set the peak: give them back as they are freed
     try:
         for g, d in enumerate(data):
             if store.has(g):
@@ -527,6 +511,7 @@ def calibrate(
             bar.update()
             bar.set_postfix(peak_rss=f"{peak_memory_mib(device)['peak_rss_mib']:.0f}MiB", refresh=False)
     finally:
+        heap.phase("compute")
         bar.close()
         for p, r in zip(model.parameters(), was):
             p.requires_grad_(r)

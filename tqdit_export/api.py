@@ -73,6 +73,16 @@ def spec_of_config(config: dict, name: str = "", pixel_space: bool | None = None
     return ModelSpec(c, size, classes, pixel_space, cfg_channels, name)
 
 
+def spec_of_export(manifest, pixel_space: bool | None = None, cfg_channels: int | None = None) -> ModelSpec:
+    """The spec of the model an export folder holds (`manifest`: its `ExportManifest`)."""
+    name = str((manifest.raw.get("calibration") or {}).get("model", ""))
+    missing = [k for k in ("in_channels", "input_size", "num_classes") if k not in manifest.model_config]
+    if missing:
+        raise ValueError(f"{manifest.folder}: the manifest's model.config lacks {missing}; export the folder again "
+                         "with `tqdit export`")
+    return spec_of_config(manifest.model_config, name, pixel_space, cfg_channels)
+
+
 @dataclass(frozen=True)
 class SampleSettings:
     """How to sample one request. Defaults: DDPM, 100 steps, guidance 1.5, DDIM eta 0, the model's
@@ -242,16 +252,14 @@ def open_pipeline(folder: str | Path, fp32: bool = False, threads: int | None = 
     FP32 graph. `threads`: ORT intra-op threads (default: the physical cores, as torch's default);
     `pixel_space` / `cfg_channels`: see `spec_of_config` (default: the registry's rule, all channels)."""
     from .edge.ort_runtime import OrtDenoiser
-    from .onnx.manifest import read_manifest
+    from .onnx.manifest import ExportManifest
 
     export = export_folder_of(folder)
-    manifest = read_manifest(export)
+    spec = spec_of_export(ExportManifest.read(export), pixel_space, cfg_channels)
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
-    spec = spec_of_config(manifest["model"]["config"], str(manifest.get("calibration", {}).get("model", "")),
-                          pixel_space, cfg_channels)
     return Pipeline(OrtDenoiser(export, threads, providers, fp32), spec, "ort-fp32" if fp32 else "ort")
 
 

@@ -150,7 +150,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import shutil
     import signal
 
-    from calibration.calibrate import CalibrationConfig, CalibrationCost, return_freed_memory
+    from calibration import heap
+    from calibration.calibrate import CalibrationConfig, CalibrationCost
     from calibration.record import RECORD_JSON
     from calibration.workdir import RUN_JSON, WorkFolder
 
@@ -178,7 +179,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         done = len(list((work / "blocks").glob("block-*.safetensors")))
         print(f"resuming from {work} ({done} finished blocks)", file=sys.stderr)
     cost = CalibrationCost()
-    return_freed_memory()  # the resident size stays what the calibration holds, not its peak pass
+    heap.manage()  # capture passes give their activations back; the rest keeps glibc's fast heap
     # SIGTERM (a scheduler, `kill`) ends the run as Ctrl-C does: the finished blocks stay in `work`.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     start = time.perf_counter()

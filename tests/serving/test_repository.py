@@ -50,7 +50,7 @@ def test_without_dynamic_batching_and_an_existing_foreign_folder(digits_export, 
     assert "tqdit export" in capsys.readouterr().err and not (tmp_path / "r2").exists()
 
 
-def _fake_build(export, folder, max_batch=64, layout_from_export=True):
+def _fake_build(export, folder, max_batch=64):
     """A `tqdit build` folder as a GPU machine leaves it: build.json naming one engine per group."""
     shutil.copytree(export, folder / "onnx")
     (folder / "engines").mkdir()
@@ -61,6 +61,7 @@ def _fake_build(export, folder, max_batch=64, layout_from_export=True):
         plan.write_bytes(b"not a real plan " + bytes([g["time_group"]]))
         engines.append({"file": f"engines/{plan.name}", "time_group": g["time_group"], "sha256": file_sha256(plan)})
     (folder / "build.json").write_text(json.dumps({"status": "complete", "engines": engines,
+                                                   "layout": manifest["layout"], "time_groups": manifest["time_groups"],
                                                    "target": {"name": "h100", "max_batch": max_batch}}))
     return folder
 

@@ -168,8 +168,9 @@ class BuildManifest:
     raw: dict = field(repr=False)
 
     @classmethod
-    def read(cls, build_dir: str | Path) -> "BuildManifest":
-        """build.json of `build_dir`; a clear error when it is missing, unreadable or has no engines."""
+    def read(cls, build_dir: str | Path, require_engines: bool = True) -> "BuildManifest":
+        """build.json of `build_dir`; a clear error when it is missing, unreadable or (unless
+        `require_engines` is False: the caller says what to do instead) has no engines."""
         folder = Path(build_dir)
         path = folder / BUILD_MANIFEST
         if not path.is_file():
@@ -182,7 +183,7 @@ class BuildManifest:
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: not a build manifest (a JSON {type(raw).__name__}); build the folder again "
                              "with `tqdit build`")
-        if not raw.get("engines"):
+        if require_engines and not raw.get("engines"):
             raise RuntimeError(f"{build_dir}: the build has no engines ({raw.get('status', 'unknown status')}); "
                                "rerun `tqdit build` on a machine with TensorRT and a GPU, or run its graphs with "
                                f"ONNX Runtime (--onnx {folder / 'onnx'})")
@@ -192,7 +193,7 @@ class BuildManifest:
             raise ValueError(f"{path}: target.max_batch {max_batch!r} is not a positive integer; build the folder "
                              "again with `tqdit build`")
         return cls(folder, Layout.of(raw.get("layout"), path), _time_groups(raw, path),
-                   in_group_order(raw["engines"], folder), max_batch,
+                   in_group_order(list(raw.get("engines") or []), folder), max_batch,
                    dict((raw.get("model") or {}).get("config") or {}), raw)
 
 

@@ -24,16 +24,15 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..api import ModelSpec, export_folder_of, spec_of_config
+from ..api import ModelSpec, export_folder_of, spec_of_export
 from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS
 from ..io import atomic_folder, file_sha256
-from ..onnx.manifest import graph_path, in_group_order, read_manifest, verified_file
+from ..onnx.manifest import BUILD_MANIFEST, BuildManifest, ExportManifest, Layout, graph_path, verified_file
 
 REPOSITORY_MARKER = "tqdit_repository.json"
 REPOSITORY_VERSION = 1
 SAMPLER_MODEL = "tqdit_sampler"
 PIPELINE_JSON = "pipeline.json"
-LAYOUTS_WITH_GROUP_INPUT = ("single", "plugin")
 DEFAULT_MAX_IMAGES = 64  # images per sampler batch on the CPU (the denoiser then takes 2x: CFG pairs)
 
 SAMPLER_MODEL_PY = '''"""tqdit sampler (Triton Python backend, BLS): the code is tqdit_export.serving.triton_sampler."""
@@ -158,44 +157,36 @@ def sampler_config(spec: ModelSpec, max_images: int, options: RepositoryOptions)
             + f'parameters {{\n  key: "pipeline"\n  value: {{ string_value: "{PIPELINE_JSON}" }}\n}}\n')
 
 
-def _source(folder: Path) -> tuple[str, Path, dict, dict | None]:
-    """(kind "ort" | "tensorrt", export folder, its manifest, build.json or None) of `--from`."""
-    from ..edge.trt_runtime import BUILD_MANIFEST
-
-    build_json = folder / BUILD_MANIFEST
-    if build_json.is_file():
-        build = json.loads(build_json.read_text())
-        if not build.get("engines"):
-            raise ValueError(f"--from {folder}: the build has no TensorRT engines ({build.get('status')}: "
-                             f"{build.get('reason', 'no reason recorded')}); build on a machine with TensorRT and "
-                             f"a GPU, or serve its graphs on the CPU with --from {folder / 'onnx'}")
-        export = folder / "onnx"
-        return "tensorrt", export, read_manifest(export), build
-    export = export_folder_of(folder)
-    return "ort", export, read_manifest(export), None
+def _source(folder: Path) -> tuple[ExportManifest, BuildManifest | None]:
+    """The export manifest of `--from` and, for a build folder, its build manifest (with engines)."""
+    if (folder / BUILD_MANIFEST).is_file():
+        build = BuildManifest.read(folder, require_engines=False)
+        if not build.engines:
+            raise ValueError(f"--from {folder}: the build has no TensorRT engines ({build.raw.get('status')}: "
+                             f"{build.raw.get('reason', 'no reason recorded')}); build on a machine with TensorRT "
+                             f"and a GPU, or serve its graphs on the CPU with --from {folder / 'onnx'}")
+        return ExportManifest.read(folder / "onnx"), build
+    return ExportManifest.read(export_folder_of(folder)), None
 
 
 def write_repository(source: str | Path, out: str | Path, options: RepositoryOptions = RepositoryOptions()) -> dict:
     """Write the Triton repository for `source` (an export folder: ONNX Runtime on the CPU; a build
     folder with engines: TensorRT) to `out`, atomically; returns the contents of its marker file."""
     source, out = Path(source), Path(out)
-    kind, export, manifest, build = _source(source)
-    layout = manifest["layout"]
-    spec = spec_of_config(manifest["model"]["config"], str(manifest.get("calibration", {}).get("model", "")),
-                          options.pixel_space, options.cfg_channels)
-    if kind == "tensorrt":
-        profile_max = int(build["target"]["max_batch"])
-        entries = in_group_order(build["engines"], source / "build.json")
-        platform = "tensorrt_plan"
+    manifest, build = _source(source)
+    kind = "ort" if build is None else "tensorrt"
+    export = manifest.folder
+    layout = manifest.layout if build is None else build.layout
+    spec = spec_of_export(manifest, options.pixel_space, options.cfg_channels)
+    if build is not None:
+        profile_max, entries, platform = build.max_batch, build.engines, "tensorrt_plan"
     else:
-        profile_max = 2 * (options.max_images or DEFAULT_MAX_IMAGES)
-        entries = in_group_order(manifest["graphs"], export)
-        platform = "python"
+        profile_max, entries, platform = 2 * (options.max_images or DEFAULT_MAX_IMAGES), manifest.graphs, "python"
     max_images = options.max_images or max(1, profile_max // 2)
     if 2 * max_images > profile_max:
         raise ValueError(f"--max-images {max_images}: the engines' profile takes at most {profile_max} rows, and "
                          f"guidance doubles every batch; use --max-images {profile_max // 2} or less")
-    batched = layout not in LAYOUTS_WITH_GROUP_INPUT
+    batched = not layout.feeds_time_group
     denoisers = [Denoiser(f"tqdit_denoiser_g{e['time_group']}" if batched else "tqdit_denoiser",
                           e["time_group"], batched) for e in entries]
     with atomic_folder(out, REPOSITORY_MARKER) as tmp:
@@ -207,7 +198,7 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
                 plan = verified_file(source, entry["file"], entry.get("sha256"), "engine")
                 shutil.copy2(plan, version / "model.plan")
                 params = {}
-                if layout == "plugin":  # TensorRT's backend loads the C++ plugin: --backend-config=tensorrt,plugins=
+                if layout is Layout.PLUGIN:  # TensorRT's backend loads the C++ plugin: --backend-config=tensorrt,plugins=
                     params["plugin_library"] = "libtqdit_trt_plugins.so"
                 files[d.name] = {"file": "model.plan", "sha256": file_sha256(version / "model.plan")}
             else:
@@ -217,20 +208,20 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
                     shutil.copy2(export / entry["external_data"], version / entry["external_data"])
                 (version / "model.py").write_text(ORT_DENOISER_MODEL_PY)
                 params = {"graph": "model.onnx", "threads": str(options.threads),
-                          "expand_plugin_nodes": "1" if layout == "plugin" else "0"}
+                          "expand_plugin_nodes": "1" if layout is Layout.PLUGIN else "0"}
                 files[d.name] = {"file": "model.onnx", "sha256": file_sha256(version / "model.onnx")}
             (tmp / d.name / "config.pbtxt").write_text(
                 denoiser_config(d, spec, platform, 2 * max_images, options, params))
         version = tmp / SAMPLER_MODEL / "1"
         version.mkdir(parents=True)
         (version / "model.py").write_text(SAMPLER_MODEL_PY)
-        pipeline = {"version": REPOSITORY_VERSION, "spec": spec.as_json(), "layout": layout,
-                    "time_groups": list(manifest["time_groups"]), "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+        pipeline = {"version": REPOSITORY_VERSION, "spec": spec.as_json(), "layout": layout.value,
+                    "time_groups": list(manifest.time_groups.edges), "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
                     "max_images": max_images, "denoisers": [asdict(d) for d in denoisers]}
         (version / PIPELINE_JSON).write_text(json.dumps(pipeline, indent=2, sort_keys=True) + "\n")
         (tmp / SAMPLER_MODEL / "config.pbtxt").write_text(sampler_config(spec, max_images, options))
-        info = {"version": REPOSITORY_VERSION, "source": str(source), "runtime": kind, "layout": layout,
-                "platform": platform, "model": manifest["model"], "max_images": max_images,
+        info = {"version": REPOSITORY_VERSION, "source": str(source), "runtime": kind, "layout": layout.value,
+                "platform": platform, "model": manifest.raw["model"], "max_images": max_images,
                 "models": [SAMPLER_MODEL] + [d.name for d in denoisers], "files": files,
                 "options": asdict(options)}
         (tmp / REPOSITORY_MARKER).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
