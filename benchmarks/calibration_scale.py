@@ -188,6 +188,8 @@ def report(rows: list[dict], cpu: dict) -> None:
                                           "fit_gflops_per_s": {k: round(v / 1e9, 1) for k, v in rates.items()},
                                           "predicted_xl2_g10_n32_s": {k: round(v) for k, v in xl32.items()}})
     h = lambda s: f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"  # noqa: E731
+    xl = [r["seconds"]["total"] for r in rows if r["model"] == "DiT-XL/2" and r["groups"] == 10]
+    xl_total = h(xl[0]) if xl else "not measured"
     lines = [
         "# Calibration cost at DiT sizes (W8A8 TQ-DiT: TGQ + MRQ + HO, 3 rounds), CPU",
         "",
@@ -242,7 +244,7 @@ def report(rows: list[dict], cpu: dict) -> None:
         "- The search keeps 256 rows per site and group whatever n, so n changes the trajectories and the capture "
         "only; G multiplies the activation search and the capture.",
         "- Spilled captures: what `OUT.partial/capture/` holds on disk during a run (G groups).",
-        "- No full XL/2 run was made (4.7 h by this table); the parts are the code paths of a run, and the "
+        f"- No full XL/2 run was made ({xl_total} by this table); the parts are the code paths of a run, and the "
         "full-run path is tested for bit-identical records on small models.",
         "- GPU: not measured (no GPU in this session).",
     ]

@@ -90,7 +90,10 @@ def test_gpu_repository_serves_tensorrt_plans_and_passes_the_schema(digits_expor
 def test_an_onnx_only_build_is_refused_with_what_to_do(digits_export, tmp_path):
     _, export = digits_export
     build = _fake_build(export, tmp_path / "build")
-    (build / "build.json").write_text(json.dumps({"status": "onnx-only", "reason": "no GPU", "engines": []}))
+    # What `tqdit build` writes without TensorRT: the whole manifest, no engines.
+    info = json.loads((build / "build.json").read_text())
+    info.update(status="onnx-only", reason="no GPU", engines=[])
+    (build / "build.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="--from .*onnx"):
         write_repository(build, tmp_path / "repo")
 
