@@ -2,6 +2,7 @@
 
     flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py                     # every row
     flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --rows DiT-S/2:10:8 # one row (name:G:n)
+    flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --full DiT-S/2:10:8 # `tqdit calibrate` end to end
     python benchmarks/calibration_scale.py --report                                        # tables + plot only
 
 Writes benchmarks/results/calibration_scale.{json,md,png} (rows accumulate across runs, keyed
@@ -74,22 +75,59 @@ def work_flops(cfg, groups: int, n: int) -> dict[str, float]:
             "search": depth * ROUNDS * (act + attn + weight)}
 
 
+def random_model(name: str):
+    """The named DiT config with seeded random weights (what every row of this benchmark calibrates)."""
+    from tqdit_export.models import DiT, dit_config
+
+    torch.manual_seed(0)
+    model = DiT(dit_config(name)).eval()
+    with torch.no_grad():  # DiT zero-initialises adaLN and the output: perturb so every path computes
+        for pname, p in model.named_parameters():
+            if pname != "pos_embed":
+                p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def full_run(name: str, groups: int, n: int) -> dict:
+    """Run `tqdit calibrate` end to end on the random-weight model (saved as a checkpoint), as a
+    user would: the check on the extrapolated rows. Peak RSS is the calibrate process's own."""
+    import tempfile
+
+    from tqdit_export.models.checkpoint import save_dit
+
+    with tempfile.TemporaryDirectory(prefix="tqdit-full-") as tmp:
+        ckpt, cost_json = Path(tmp) / "model.safetensors", Path(tmp) / "cost.json"
+        save_dit(random_model(name), ckpt)
+        cmd = [sys.executable, "-m", "tqdit_export.cli", "calibrate", "--model", str(ckpt), "--bits", "W8A8",
+               "--groups", str(groups), "--samples-per-group", str(n), "--rounds", str(ROUNDS),
+               "--trajectory-steps", str(TRAJECTORY_STEPS), "--device", "cpu", "--quiet",
+               "--cost-json", str(cost_json), "--out", str(Path(tmp) / "record")]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"full run {name} G={groups} n={n} failed:\n{proc.stderr[-3000:]}")
+        cost = json.loads(cost_json.read_text())
+    calibrate_s = cost["wall_seconds"]
+    return {"model": name, "groups": groups, "samples_per_group": n, "rounds": ROUNDS,
+            "wall_s": round(wall, 1),  # the process: start-up, loading, calibrate, saving the record
+            "seconds": {"trajectory": round(calibrate_s - cost["capture_seconds"] - cost["search_seconds"], 1),
+                        "capture": round(cost["capture_seconds"], 1), "search": round(cost["search_seconds"], 1),
+                        "total": round(calibrate_s, 1)},
+            "peak_rss_mib": round(cost["peak_rss_mib"]), "torch_threads": cost["torch_threads"],
+            "command": f"flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --full {name}:{groups}:{n}"}
+
+
 def worker(name: str, groups: int, n: int) -> dict:
     """Measure one row in this process (see the module docstring)."""
     from calibration import heap
     from calibration.calibrate import CalibrationConfig, GroupData, _capture, _SiteSearch, site_blocks
     from calibration.sites import Site
-    from tqdit_export.models import DiT, dit_config
     from tqdit_export.quant import denoising_loss, dit_sites
 
     managed = heap.manage()  # the heap settings `tqdit calibrate` uses, phase by phase
-    torch.manual_seed(0)
-    cfg = dit_config(name)
-    model = DiT(cfg).eval()
-    with torch.no_grad():  # DiT zero-initialises adaLN and the output: perturb so every path computes
-        for pname, p in model.named_parameters():
-            if pname != "pos_embed":
-                p.add_(torch.randn_like(p) * 0.02)
+    model = random_model(name)
+    cfg = model.config
     config = CalibrationConfig(num_groups=groups, rounds=ROUNDS)
     sites = dit_sites(model)
     span = 1000 // groups
@@ -178,13 +216,13 @@ def predict(rates: dict[str, float], flops: dict[str, float]) -> dict[str, float
     return out
 
 
-def report(rows: list[dict], cpu: dict) -> None:
+def report(rows: list[dict], cpu: dict, full: list[dict] = ()) -> None:
     from tqdit_export.io import atomic_output, write_json
     from tqdit_export.models import dit_config
 
     rates = fit(rows)
     xl32 = predict(rates, work_flops(dit_config("DiT-XL/2"), 10, 32))
-    write_json(OUT.with_suffix(".json"), {"cpu": cpu, "rows": rows,
+    write_json(OUT.with_suffix(".json"), {"cpu": cpu, "rows": rows, "full_runs": list(full),
                                           "fit_gflops_per_s": {k: round(v / 1e9, 1) for k, v in rates.items()},
                                           "predicted_xl2_g10_n32_s": {k: round(v) for k, v in xl32.items()}})
     h = lambda s: f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"  # noqa: E731
@@ -213,6 +251,20 @@ def report(rows: list[dict], cpu: dict) -> None:
             f"{h(s['trajectory'])} | {h(s['capture'])} | {h(s['search'])} | **{h(s['total'])}** | {r.get('peak_rss_capture_mib', r['peak_rss_mib'])} / {r.get('peak_rss_search_mib', '—')} | {r.get('spill_mib', '—')} | "
             f"{m['denoiser_call_s']} / {m['capture_group_s'][-1]} / {m['search_first_block_one_round_s']} | {h(pred)} | "
             f"`{r['command']}` |")
+    extrapolated = {(r["model"], r["groups"], r["samples_per_group"]): r for r in rows}
+    if full:
+        lines += ["", "## Full runs: `tqdit calibrate` end to end, against the extrapolation", "",
+                  "| model | G | n/group | trajectories | capture | search | total (measured) | extrapolated total "
+                  "(table above) | measured / extrapolated | peak RSS MiB (the run) | command |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for f in full:
+            s, row = f["seconds"], extrapolated.get((f["model"], f["groups"], f["samples_per_group"]))
+            ext = row["seconds"]["total"] if row else None
+            ratio = f"{s['total'] / ext:.2f}" if ext else "—"
+            lines.append(f"| {f['model']} (random) | {f['groups']} | {f['samples_per_group']} | {h(s['trajectory'])} | "
+                         f"{h(s['capture'])} | {h(s['search'])} | **{h(s['total'])}** | "
+                         f"{h(ext) if ext else '—'} | {ratio} | "
+                         f"{f['peak_rss_mib']} | `{f['command']}` |")
     lines += [
         "",
         "## Cost model",
@@ -283,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="*", default=None, help="rows to measure, as MODEL:G:N (default all)")
     p.add_argument("--report", action="store_true", help="only rewrite the tables and the plot")
+    p.add_argument("--full", nargs="*", default=None,
+                   help="instead: run `tqdit calibrate` end to end for these MODEL:G:N (checks the extrapolation)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -292,8 +346,15 @@ def main(argv: list[str] | None = None) -> None:
     from tqdit_export.hardware import cpu_description
 
     path = OUT.with_suffix(".json")
-    rows = json.loads(path.read_text())["rows"] if path.exists() else []
-    todo = [] if args.report else ([tuple(r.split(":")) for r in args.rows] if args.rows
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    rows, full = saved.get("rows", []), saved.get("full_runs", [])
+    for spec in args.full or []:
+        name, g, n = spec.split(":")
+        run = full_run(name, int(g), int(n))
+        print(json.dumps(run), flush=True)
+        full = [f for f in full if (f["model"], f["groups"], f["samples_per_group"]) != (name, int(g), int(n))] + [run]
+        report(rows, cpu_description(), full)
+    todo = [] if args.report or args.full else ([tuple(r.split(":")) for r in args.rows] if args.rows
                                    else [(m, str(g), str(n)) for m, g, n in SIZE_ROWS + SWEEP_ROWS])
     for name, g, n in todo:
         cmd = [sys.executable, __file__, "--worker", f"{name}:{g}:{n}"]
@@ -305,9 +366,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), flush=True)
         key = (row["model"], row["groups"], row["samples_per_group"])
         rows = [r for r in rows if (r["model"], r["groups"], r["samples_per_group"]) != key] + [row]
-        report(rows, cpu_description())
+        report(rows, cpu_description(), full)
     if args.report and rows:
-        report(rows, cpu_description())
+        report(rows, cpu_description(), full)
 
 
 if __name__ == "__main__":
