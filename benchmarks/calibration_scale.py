@@ -75,6 +75,16 @@ def work_flops(cfg, groups: int, n: int) -> dict[str, float]:
             "search": depth * ROUNDS * (act + attn + weight)}
 
 
+def _key(row: dict) -> tuple:
+    """What identifies a row (measured parts or full run) across runs: model, G and samples per group."""
+    return row["model"], row["groups"], row["samples_per_group"]
+
+
+def _replace(rows: list[dict], new: dict) -> list[dict]:
+    """`rows` with `new` in place of the row of its key (appended last)."""
+    return [r for r in rows if _key(r) != _key(new)] + [new]
+
+
 def random_model(name: str):
     """The named DiT config with seeded random weights (what every row of this benchmark calibrates)."""
     from tqdit_export.models import DiT, dit_config
@@ -251,14 +261,14 @@ def report(rows: list[dict], cpu: dict, full: list[dict] = ()) -> None:
             f"{h(s['trajectory'])} | {h(s['capture'])} | {h(s['search'])} | **{h(s['total'])}** | {r.get('peak_rss_capture_mib', r['peak_rss_mib'])} / {r.get('peak_rss_search_mib', '—')} | {r.get('spill_mib', '—')} | "
             f"{m['denoiser_call_s']} / {m['capture_group_s'][-1]} / {m['search_first_block_one_round_s']} | {h(pred)} | "
             f"`{r['command']}` |")
-    extrapolated = {(r["model"], r["groups"], r["samples_per_group"]): r for r in rows}
+    extrapolated = {_key(r): r for r in rows}
     if full:
         lines += ["", "## Full runs: `tqdit calibrate` end to end, against the extrapolation", "",
                   "| model | G | n/group | trajectories | capture | search | total (measured) | extrapolated total "
                   "(table above) | measured / extrapolated | peak RSS MiB (the run) | command |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for f in full:
-            s, row = f["seconds"], extrapolated.get((f["model"], f["groups"], f["samples_per_group"]))
+            s, row = f["seconds"], extrapolated.get(_key(f))
             ext = row["seconds"]["total"] if row else None
             ratio = f"{s['total'] / ext:.2f}" if ext else "—"
             lines.append(f"| {f['model']} (random) | {f['groups']} | {f['samples_per_group']} | {h(s['trajectory'])} | "
@@ -352,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         name, g, n = spec.split(":")
         run = full_run(name, int(g), int(n))
         print(json.dumps(run), flush=True)
-        full = [f for f in full if (f["model"], f["groups"], f["samples_per_group"]) != (name, int(g), int(n))] + [run]
+        full = _replace(full, run)
         report(rows, cpu_description(), full)
     todo = [] if args.report or args.full else ([tuple(r.split(":")) for r in args.rows] if args.rows
                                    else [(m, str(g), str(n)) for m, g, n in SIZE_ROWS + SWEEP_ROWS])
@@ -364,8 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row["command"] = f"flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --rows {name}:{g}:{n}"
         print(json.dumps(row), flush=True)
-        key = (row["model"], row["groups"], row["samples_per_group"])
-        rows = [r for r in rows if (r["model"], r["groups"], r["samples_per_group"]) != key] + [row]
+        rows = _replace(rows, row)
         report(rows, cpu_description(), full)
     if args.report and rows:
         report(rows, cpu_description(), full)
