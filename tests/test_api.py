@@ -56,3 +56,45 @@ def test_bad_inputs_name_what_is_wrong():
 def test_to_uint8_maps_the_model_range_to_bytes():
     x = np.array([-1.0, -0.99, 0.0, 1.0, 1.5], dtype=np.float32).reshape(5, 1, 1, 1)
     assert to_uint8(x).reshape(-1).tolist() == [0, 1, 128, 255, 255]
+
+
+def test_an_export_of_an_official_checkpoint_samples_as_tqdit_sample_does(tmp_path):
+    """facebookresearch/DiT checkpoints guide 3 of 4 channels and sample latents: the export records it,
+    so the pipeline over the export (what `tqdit serve` runs) draws what `tqdit sample --model` draws."""
+    from calibration.calibrate import CalibrationConfig
+    from tqdit_export.cli import main
+    from tqdit_export.io import load_samples
+    from tqdit_export.models.dit import DiT, dit_config
+    from tqdit_export.models.loaders import save_official_state_dict
+    from tqdit_export.quant import calibrate_dit
+
+    torch.manual_seed(0)
+    model = DiT(dit_config("DiT-S/2", input_size=8, depth=1, num_classes=4)).eval()
+    with torch.no_grad():  # adaLN and the final layer start at zero: give guidance something to differ in
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    checkpoint = tmp_path / "official.pt"
+    save_official_state_dict(model, checkpoint)
+    calibrate_dit(model, CalibrationConfig(8, 8, num_groups=2, rounds=1, method="minmax"), samples_per_group=2,
+                  trajectory_steps=4, progress=False).save(tmp_path / "record")
+    assert main(["export", "--model", str(checkpoint), "--record", str(tmp_path / "record"),
+                 "--out", str(tmp_path / "onnx")]) == 0
+    pipe = open_pipeline(tmp_path / "onnx")
+    assert (pipe.spec.cfg_channels, pipe.spec.pixel_space) == (3, False)
+    assert main(["sample", "--model", str(checkpoint), "--record", str(tmp_path / "record"), "--backend", "ort",
+                 "--onnx", str(tmp_path / "onnx"), "--class", "1", "--num", "2", "--steps", "4", "--seed", "3",
+                 "--save-npz", str(tmp_path / "s.npz"), "--quiet"]) == 0
+    np.testing.assert_array_equal(pipe.sample([1, 1], seed=3, steps=4), load_samples(tmp_path / "s.npz")[0])
+    # Guiding every channel draws other images: the recorded default is what made them equal.
+    assert not np.array_equal(pipe.sample([1, 1], seed=3, steps=4, cfg_channels=4),
+                              load_samples(tmp_path / "s.npz")[0])
+    # The torch-free edge sampler reads the same defaults: as if told --cfg-channels 3 --latent.
+    from tqdit_export.edge.__main__ import main as edge_main
+
+    drawn = {}
+    for name, extra in {"default": [], "told": ["--cfg-channels", "3", "--latent"], "all": ["--cfg-channels", "4"]}.items():
+        out = tmp_path / f"edge_{name}.npz"
+        assert edge_main(["--onnx", str(tmp_path / "onnx"), "--num", "2", "--steps", "4", "--out", str(out), *extra]) == 0
+        drawn[name] = load_samples(out)[0]
+    np.testing.assert_array_equal(drawn["default"], drawn["told"])
+    assert not np.array_equal(drawn["default"], drawn["all"])

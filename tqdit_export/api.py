@@ -74,8 +74,16 @@ def spec_of_config(config: dict, name: str = "", pixel_space: bool | None = None
 
 
 def spec_of_export(manifest, pixel_space: bool | None = None, cfg_channels: int | None = None) -> ModelSpec:
-    """The spec of the model an export folder holds (`manifest`: its `ExportManifest`)."""
+    """The spec of the model an export folder holds (`manifest`: its `ExportManifest`).
+
+    Defaults: the model's sampling as the export recorded it (`model.sampling`: pixel space, and
+    the official checkpoints' 3 guided channels), else the registry's rule and every channel."""
     name = str((manifest.raw.get("calibration") or {}).get("model", ""))
+    recorded = manifest.sampling
+    if pixel_space is None:
+        pixel_space = recorded.get("pixel_space")
+    if cfg_channels is None:
+        cfg_channels = recorded.get("cfg_channels")
     missing = [k for k in ("in_channels", "input_size", "num_classes") if k not in manifest.model_config]
     if missing:
         raise ValueError(f"{manifest.folder}: the manifest's model.config lacks {missing}; export the folder again "
@@ -149,6 +157,25 @@ def _torch_generators_noise(parts: list[tuple[int, int]]) -> Callable[[tuple[int
     return draw
 
 
+def check_labels(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
+    """Labels as int64 (N,), each in 0..num_classes-1; an error names the first bad one."""
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.size == 0 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"class labels: expected a non-empty list of integers, got {y.dtype} of shape {y.shape}")
+    bad = y[(y < 0) | (y >= num_classes)]
+    if bad.size:
+        raise ValueError(f"class label {int(bad[0])} is out of range: this model has classes 0..{num_classes - 1}")
+    return y.astype(np.int64)
+
+
+def settings_groups(requests: Sequence[ImageRequest]) -> dict[SampleSettings, list[int]]:
+    """The indices of the requests that share one sampling loop: those of equal settings, in order."""
+    groups: dict[SampleSettings, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.settings, []).append(i)
+    return groups
+
+
 class Pipeline:
     """A denoiser and its model's spec: `sample` draws images through the one sampling loop.
 
@@ -162,24 +189,14 @@ class Pipeline:
 
     def check_labels(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
         """Labels as int64 (N,), each a class of this model; an error names the first bad one."""
-        y = np.asarray(labels)
-        if y.ndim != 1 or y.size == 0 or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"class labels: expected a non-empty list of integers, got {y.dtype} of shape {y.shape}")
-        bad = y[(y < 0) | (y >= self.spec.num_classes)]
-        if bad.size:
-            raise ValueError(f"class label {int(bad[0])} is out of range: this model has classes "
-                             f"0..{self.spec.num_classes - 1}")
-        return y.astype(np.int64)
+        return check_labels(labels, self.spec.num_classes)
 
     def sample_requests(self, requests: Sequence[ImageRequest], progress: bool = False) -> list[np.ndarray]:
         """Draw every request; requests with equal settings share one loop (one denoiser batch per
         step, as a dynamic batcher wants), each with its own noise. Returns one (N_i, C, H, W)
         float32 array per request, in order, equal to what each gives when sampled alone."""
         out: list[np.ndarray | None] = [None] * len(requests)
-        by_settings: dict[SampleSettings, list[int]] = {}
-        for i, r in enumerate(requests):
-            by_settings.setdefault(r.settings, []).append(i)
-        for settings, members in by_settings.items():
+        for settings, members in settings_groups(requests).items():
             labels = [self.check_labels(requests[i].labels) for i in members]
             noise = _torch_generators_noise([(int(requests[i].seed), len(y)) for i, y in zip(members, labels)])
             x = sample_numpy(self.denoiser, np.concatenate(labels), self.spec.shape, settings.config(self.spec),

@@ -94,8 +94,10 @@ def _installed_trt_major() -> int | None:
 
 def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Path, out: Path, target: str,
           layout: str | None = None, plugin_library: Path | None = None, command: str = "",
-          precision: str = "int8", float_precision: str | None = None) -> tuple[dict, int]:
+          precision: str = "int8", float_precision: str | None = None,
+          sampling: dict | None = None) -> tuple[dict, int]:
     """Write the build folder; returns (build.json contents, exit status: 0 or ENGINES_MISSING).
+    `sampling`: the model's sampling defaults for the export manifest (`ResolvedModel.sampling()`).
 
     `float_precision=None`: the target's for the TensorRT installed here (fp16 wherever the
     network is strongly typed, `Target.float_precision_for`)."""
@@ -117,7 +119,8 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
         # GPU targets: full 8-bit weights (7-bit codes are an ONNX Runtime CPU workaround).
         manifest = export_dit(model, record, tmp / "onnx", layout=layout, weight_reduce_range=False,
                               precision=precision, attention=spec.attention, target=target,
-                              float_precision=float_precision, fused_attention=spec.fused_attention)
+                              float_precision=float_precision, fused_attention=spec.fused_attention,
+                              sampling=sampling)
         graphs = [g["file"] for g in manifest["graphs"]]
         lint = {f: [str(x) for x in lint_file(tmp / "onnx" / f)] for f in graphs}
         (tmp / "lint.json").write_text(json.dumps(lint, indent=2) + "\n")
@@ -132,7 +135,7 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
             "precision": precision,
             "float_precision": float_precision,
             "time_groups": manifest["time_groups"],
-            "model": {"name": model_name, "config": record.model_config},
+            "model": {"name": model_name, "config": record.model_config, "sampling": manifest["model"].get("sampling")},
             "inputs": {"weights_sha256": record.model_hash, "record_sha256": record_sha256(record_dir),
                        "onnx_sha256": {g["file"]: g["sha256"] for g in manifest["graphs"]}},
             "bits": manifest["bits"],

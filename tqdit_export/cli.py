@@ -236,7 +236,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     manifest = export_dit(resolved.model, record, args.out, layout=args.layout or spec.layout, fp32=args.fp32,
                           weight_reduce_range=reduce, precision=args.precision, attention=attention,
-                          target=args.target, float_precision=float_precision, fused_attention=fused)
+                          target=args.target, float_precision=float_precision, fused_attention=fused,
+                          sampling=resolved.sampling())
     size = sum((Path(args.out) / g["file"]).stat().st_size for g in manifest["graphs"])
     print(f"exported {len(manifest['graphs'])} {manifest['layout']} graph(s)"
           f"{' + fp32' if args.fp32 else ''} ({size / 2**20:.2f} MiB quantized, weights in graph "
@@ -274,7 +275,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"[1/4] calibrated {args.bits} (TQ-DiT, G={record.time_groups.num_groups}) in "
               f"{time.perf_counter() - start:.1f} s -> {out / 'record'}")
         start = time.perf_counter()
-        manifest = export_dit(resolved.model, record, tmp / "onnx", layout="per-group", fp32=True)
+        manifest = export_dit(resolved.model, record, tmp / "onnx", layout="per-group", fp32=True,
+                              sampling=resolved.sampling())
         files = [tmp / "onnx" / g["file"] for g in manifest["graphs"]] + [tmp / "onnx" / "fp32.onnx"]
         findings = sum(len(lint_file(f)) for f in files)
         print(f"[2/4] exported {len(files) - 1} per-group Q/DQ graphs + fp32 in {time.perf_counter() - start:.1f} s; "
@@ -326,6 +328,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
         triton_options = repository_options(args)
         check_output_folder(args.triton, REPOSITORY_MARKER)
+        profile_max = target(args.target).max_batch  # the engines' profile, known before any work
+        if triton_options.max_images and 2 * triton_options.max_images > profile_max:
+            raise UsageError(f"--max-images {triton_options.max_images}: the {args.target} engines' profile takes "
+                             f"at most {profile_max} rows, and guidance doubles every batch; use --max-images "
+                             f"{profile_max // 2} or less")
     resolved = resolve_model(args.model)
     command = "tqdit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["build"] else ""
     with tempfile.TemporaryDirectory() as scratch:
@@ -347,7 +354,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"calibrated {args.bits} (G={args.groups}) in {time.perf_counter() - start:.1f} s")
         info, status = build(resolved.model, resolved.name, record, Path(record_dir), args.out, args.target,
                              layout=args.layout, plugin_library=args.plugin_library, command=command,
-                             precision=args.precision, float_precision=args.float_precision)
+                             precision=args.precision, float_precision=args.float_precision,
+                             sampling=resolved.sampling())
     onnx_mib = sum(info["sizes_bytes"]["onnx"].values()) / 2**20
     print(f"exported {len(info['sizes_bytes']['onnx'])} {info['layout']} graph(s) ({onnx_mib:.2f} MiB), "
           f"lint findings: {info['lint']['findings']} -> {args.out}")
@@ -424,21 +432,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run tritonserver over --repo until SIGINT / SIGTERM, then stop it and wait for it."""
     import signal
 
-    from .serving.server import TritonServer, make_stub_environment
+    from .serving.server import StartCancelled, TritonServer, make_stub_environment
 
     if args.setup:
         print(f"stub environment: {make_stub_environment()}")
     server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, host=args.host,
-                          log=args.log or "-", exit_timeout=args.exit_timeout)
+                          log=args.log or "-", exit_timeout=args.exit_timeout,
+                          extra_args=tuple(f"--backend-config={c}" for c in args.backend_config))
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal must stop the server, which runs in its own session.
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         print(f"tqdit serve: starting {server.install.binary} ({server.install.kind}) over {args.repo}", flush=True)
-        server.start(timeout=args.timeout)
+        try:
+            server.start(timeout=args.timeout, should_stop=lambda: stop["signal"] is not None)
+        except StartCancelled as done:
+            print(f"tqdit serve: {signal.Signals(stop['signal']).name}: {done}")
+            return 0
         print(f"tqdit serve: ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics "
               f"{server.host}:{server.metrics_port}/metrics; Ctrl-C stops", flush=True)
         while stop["signal"] is None and server.alive():
@@ -685,6 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--log", type=Path, default=None, help="write the server's log here (default: this terminal)")
     sv.add_argument("--setup", action="store_true",
                     help="first create the Python environment of the backend stubs (make setup does it)")
+    sv.add_argument("--backend-config", action="append", default=[], metavar="BACKEND,KEY=VALUE",
+                    help="passed to tritonserver as --backend-config (repeatable), e.g. "
+                         "tensorrt,plugins=/path/libtqdit_trt_plugins.so for plugin-layout engines")
     sv.set_defaults(func=cmd_serve)
 
     dr = sub.add_parser("doctor", help="report what this machine can run (torch, ORT, VNNI, GPU, TensorRT, pycuda)")

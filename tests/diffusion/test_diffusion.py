@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tqdit_export.diffusion import GaussianDiffusion, SamplerConfig, linear_betas, sample, space_timesteps
+from tqdit_export.diffusion.schedule import ddim_step_counts
 from tqdit_export.models import DiT, dit_config
 
 BASE = GaussianDiffusion(linear_betas())
@@ -28,6 +29,19 @@ def test_ddim_spacing_is_a_stride():
     assert space_timesteps(1000, "ddim20") == list(range(0, 1000, 50))
     with pytest.raises(ValueError):
         space_timesteps(1000, 0)
+
+
+def test_every_ddim_step_count_a_stride_makes_is_accepted_and_the_others_refused_up_front():
+    counts = ddim_step_counts(1000)
+    for n, stride in counts.items():
+        assert space_timesteps(1000, f"ddim{n}") == list(range(0, 1000, stride)) and len(range(0, 1000, stride)) == n
+    assert {36, 38, 500, 1000} <= set(counts) and not {1, 37, 999} & set(counts)
+    # The sampler's settings refuse a count no stride makes before any sampling, naming the nearest.
+    with pytest.raises(ValueError, match="steps=37.*36 or 38"):
+        SamplerConfig("ddim", 37)
+    with pytest.raises(ValueError, match="steps=999.*500 or 1000"):
+        SamplerConfig("ddim", 999)
+    SamplerConfig("ddpm", 37)  # DDPM respacing makes any count
 
 
 class OracleDenoiser:

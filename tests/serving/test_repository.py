@@ -80,6 +80,14 @@ def test_gpu_repository_serves_tensorrt_plans_and_passes_the_schema(digits_expor
     assert lint_repository(repo) == []
     with pytest.raises(ValueError, match="--max-images 40"):
         write_repository(build, tmp_path / "r2", RepositoryOptions(max_images=40))
+    # A build.json without the profile's maximum (read as 1 row) cannot be served: say how to fix it.
+    info = json.loads((build / "build.json").read_text())
+    old_build = tmp_path / "old_build"
+    shutil.copytree(build, old_build)
+    info["target"].pop("max_batch")
+    (old_build / "build.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="at most 1 row.*build the engines again"):
+        write_repository(old_build, tmp_path / "r4")
     # An engine changed after the build wrote it is refused.
     (build / "engines" / "g0.plan").write_bytes(b"edited")
     with pytest.raises(ValueError, match="changed after it was written"):
@@ -126,12 +134,14 @@ def _inputs(n=2, **over):
 
 
 @pytest.mark.parametrize("over,message", [
-    ({"class_label": np.array([[3], [10]])}, "class 10 is out of range"),
-    ({"class_label": np.array([[-1], [1]])}, "class -1 is out of range"),
+    ({"class_label": np.array([[3], [10]])}, "class label 10 is out of range"),
+    ({"class_label": np.array([[-1], [1]])}, "class label -1 is out of range"),
     ({"steps": np.zeros((2, 1))}, "steps 0"),
     ({"steps": np.full((2, 1), 1001)}, "steps 1001"),
     ({"guidance_scale": np.full((2, 1), -1.0)}, "guidance scale -1"),
     ({"sampler": np.array([[b"euler"], [b"euler"]], dtype=object)}, "euler"),
+    ({"sampler": np.array([[b"\xff\xfe"], [b"\xff\xfe"]], dtype=object)}, "input 'sampler'.*not UTF-8"),
+    ({"sampler": np.array([[b"ddim"], [b"ddim"]], dtype=object), "steps": np.full((2, 1), 37)}, "steps=37.*36 or 38"),
     ({"seed": np.array([[0], [1]])}, "'seed' differs"),
     ({"seed": None}, "'seed' is missing"),
 ])
@@ -165,3 +175,41 @@ def test_build_triton_without_engines_writes_no_repository_and_says_how(digits_e
     assert code == 3  # ENGINES_MISSING: no TensorRT or GPU here
     err = capsys.readouterr().err
     assert "--triton" in err and "tqdit triton-repo --from" in err and not (tmp_path / "triton").exists()
+    # More images than the target's engines take: refused before calibration, export or engines.
+    code = main(["build", "--record", str(record), "--target", "orin", "--out", str(tmp_path / "b2"),
+                 "--triton", str(tmp_path / "t2"), "--max-images", "5", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-images 5" in err and "--max-images 4 or less" in err
+    assert not (tmp_path / "b2").exists() and not (tmp_path / "t2").exists()
+
+
+def test_a_model_file_changed_in_the_repository_is_refused_before_a_server_starts(digits_export, tmp_path):
+    from tqdit_export.serving.server import TritonServer
+
+    _, export = digits_export
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", "--from", str(export), "--out", str(repo)]) == 0
+    assert read_repository(repo, verify=True)["models"]  # as written: accepted
+    graph = repo / "tqdit_denoiser_g1" / "1" / "model.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="tqdit_denoiser_g1/1/model.onnx.*changed after it was written"):
+        TritonServer(repo)
+    graph.unlink()
+    with pytest.raises(FileNotFoundError, match="tqdit_denoiser_g1/1/model.onnx.*missing"):
+        TritonServer(repo)
+
+
+def test_ports_taken_or_given_twice_are_refused_naming_the_flag():
+    import socket
+
+    from tqdit_export.serving.server import check_ports_free, free_port
+
+    a, b = free_port(), free_port()
+    check_ports_free("127.0.0.1", {"--http-port": a, "--grpc-port": b})
+    with pytest.raises(ValueError, match=f"--grpc-port {a}: the same port as --http-port"):
+        check_ports_free("127.0.0.1", {"--http-port": a, "--grpc-port": a})
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", a))
+        held.listen()
+        with pytest.raises(ValueError, match=f"--http-port {a}: cannot listen on 127.0.0.1:{a}.*another server"):
+            check_ports_free("127.0.0.1", {"--http-port": a, "--grpc-port": b})

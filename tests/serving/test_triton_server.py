@@ -93,6 +93,20 @@ def test_concurrent_requests_batched_together_each_get_their_own_draw(server, di
         np.testing.assert_array_equal(got, pipe.sample([s % 10, 1], seed=s, steps=5))
 
 
+def test_concurrent_requests_of_different_settings_each_get_their_own_draw(server, digits_export):
+    _, export = digits_export
+    pipe = open_pipeline(export)
+    settings = [dict(steps=5), dict(steps=3, sampler="ddim"), dict(steps=5, guidance=2.0), dict(steps=5)]
+    with httpclient.InferenceServerClient(server.http_url, concurrency=len(settings)) as c:
+        pending = [c.async_infer("tqdit_sampler", _inputs(httpclient, [i, 7], seed=20 + i, **kw))
+                   for i, kw in enumerate(settings)]
+        results = [p.get_result().as_numpy("samples") for p in pending]
+    for i, (kw, got) in enumerate(zip(settings, results)):
+        expected = pipe.sample([i, 7], seed=20 + i, steps=kw["steps"], sampler=kw.get("sampler", "ddpm"),
+                               guidance=kw.get("guidance", 1.5))
+        np.testing.assert_array_equal(got, expected)
+
+
 def _refused(client, inputs, *messages):
     with pytest.raises(InferenceServerException) as err:
         client.infer("tqdit_sampler", inputs)
@@ -113,10 +127,11 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(server, dig
         bad_shape[0] = httpclient.InferInput("class_label", [1, 2], "INT64")
         bad_shape[0].set_data_from_numpy(np.full((1, 2), 3, dtype=np.int64))
         _refused(c, bad_shape, "class_label")
-        _refused(c, _inputs(httpclient, [3, 10]), "class 10 is out of range", "0..9")
+        _refused(c, _inputs(httpclient, [3, 10]), "class_label", "class label 10 is out of range", "0..9")
         _refused(c, _inputs(httpclient, [3], steps=0), "steps 0")
         _refused(c, _inputs(httpclient, [3], steps=1001), "steps 1001", "1..1000")
         _refused(c, _inputs(httpclient, [3], guidance=-1.0), "guidance scale -1")
+        _refused(c, _inputs(httpclient, [3], steps=37, sampler="ddim"), "steps", "36 or 38")
         _refused(c, _inputs(httpclient, [3] * (MAX_IMAGES + 1)), f"batch-size must be <= {MAX_IMAGES}")
         _refused(c, _inputs(httpclient, [3])[::2], "seed")  # class_label and steps only: seed missing
         assert server.alive()
@@ -187,7 +202,7 @@ def test_a_server_stopped_mid_load_exits_and_the_next_start_serves(repo, digits_
     np.testing.assert_array_equal(r.as_numpy("samples"), open_pipeline(export).sample([8], seed=2, steps=4))
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT", "SIGHUP"])
 def test_tqdit_serve_waits_until_ready_and_stops_cleanly_on_a_signal(repo, tmp_path, signame):
     import signal
     import subprocess
@@ -222,3 +237,15 @@ def test_the_single_layout_serves_the_same_draw_as_the_api(digits_export, tmp_pa
     with _server(repo) as s, grpcclient.InferenceServerClient(s.grpc_url) as c:
         r = c.infer("tqdit_sampler", _inputs(grpcclient, [1, 6], seed=4, steps=6))
     np.testing.assert_array_equal(r.as_numpy("samples"), open_pipeline(export).sample([1, 6], seed=4, steps=6))
+
+
+def test_a_server_asked_to_stop_while_loading_stops_without_waiting_for_ready(repo):
+    from tqdit_export.serving.server import StartCancelled
+
+    server = _server(repo)
+    try:
+        with pytest.raises(StartCancelled, match="while its models loaded"):
+            server.start(should_stop=lambda: True)
+        assert not server.alive() and server.process.returncode is not None
+    finally:
+        server.close()

@@ -45,6 +45,8 @@ class SamplerConfig:
             raise ValueError(f"eta={self.eta} applies to the DDIM sampler only; use --sampler ddim or drop --eta")
         if self.cfg_channels is not None and self.cfg_channels < 1:
             raise ValueError(f"cfg_channels={self.cfg_channels} must be at least 1 (or unset: guide every channel)")
+        if self.sampler == "ddim":
+            space_timesteps(NUM_TRAIN_TIMESTEPS, self.spacing)  # refused here, not mid-loop, when no stride fits
 
     @property
     def spacing(self) -> int | str:
@@ -66,10 +68,15 @@ def space_timesteps(num_timesteps: int, steps: int | str) -> list[int]:
     """
     if isinstance(steps, str) and steps.startswith("ddim"):
         n = int(steps[len("ddim") :])
-        for stride in range(1, num_timesteps):
-            if len(range(0, num_timesteps, stride)) == n:
-                return list(range(0, num_timesteps, stride))
-        raise ValueError(f"cannot make exactly {n} DDIM steps out of {num_timesteps} timesteps")
+        counts = ddim_step_counts(num_timesteps)
+        if n not in counts:
+            below = max((c for c in counts if c < n), default=None)
+            above = min((c for c in counts if c > n), default=None)
+            nearest = " or ".join(str(c) for c in (below, above) if c is not None)
+            raise ValueError(f"steps={n}: DDIM cannot make exactly {n} steps out of {num_timesteps} timesteps "
+                             f"(its steps are range(0, {num_timesteps}, stride)); the nearest step counts it "
+                             f"can make are {nearest}")
+        return list(range(0, num_timesteps, counts[n]))
     n = int(steps)
     if not 1 <= n <= num_timesteps:
         raise ValueError(f"steps={n} must be between 1 and {num_timesteps}")
@@ -83,6 +90,14 @@ def space_timesteps(num_timesteps: int, steps: int | str) -> list[int]:
         kept.add(round(cur))
         cur += stride
     return sorted(kept)
+
+
+def ddim_step_counts(num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> dict[int, int]:
+    """Every step count DDIM's range(0, T, stride) can make, with its (smallest) stride."""
+    counts: dict[int, int] = {}
+    for stride in range(1, num_timesteps):
+        counts.setdefault(len(range(0, num_timesteps, stride)), stride)
+    return counts
 
 
 def respaced_betas(steps: int | str, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> tuple[np.ndarray, list[int]]:

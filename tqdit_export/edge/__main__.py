@@ -32,9 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--cfg", type=float, default=1.5)
     p.add_argument("--cfg-channels", type=int, default=None,
-                   help="guide only the first N epsilon channels (default all; facebookresearch/DiT guides 3)")
+                   help="guide only the first N epsilon channels (default: what the export recorded, 3 for "
+                        "facebookresearch/DiT checkpoints, else all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--latent", action="store_true", help="latent-space model: do not clip x0 to [-1, 1]")
+    p.add_argument("--latent", action="store_true",
+                   help="latent-space model: do not clip x0 to [-1, 1] (default: what the export recorded, "
+                        "else pixel space)")
     p.add_argument("--out", type=Path, required=True, help=".npz of images (N,C,H,W) in [-1, 1] and labels")
     p.add_argument("--debug", action="store_true", help="a traceback instead of the one-line error message")
     args = p.parse_args(argv)
@@ -51,24 +54,27 @@ def run(args: argparse.Namespace) -> int:
         from .trt_runtime import TrtDenoiser
 
         denoiser = TrtDenoiser(args.engines, args.plugin_library)
-        config = denoiser.build.model_config
+        config, recorded = denoiser.build.model_config, denoiser.build.sampling
     else:
         from .ort_runtime import OrtDenoiser
 
         denoiser = OrtDenoiser(args.onnx)
-        config = denoiser.manifest.model_config
+        config, recorded = denoiser.manifest.model_config, denoiser.manifest.sampling
+    # The flag, else the channels the export recorded (3 for facebookresearch/DiT checkpoints), else all.
+    cfg_channels = args.cfg_channels if args.cfg_channels is not None else recorded.get("cfg_channels")
     num_classes = int(config["num_classes"])
     labels = np.full(args.num, args.cls) if args.cls is not None else np.arange(args.num) % num_classes
     if labels.min() < 0 or labels.max() >= num_classes:
         raise UsageError(f"--class {args.cls}: this model has classes 0..{num_classes - 1}")
     shape = (int(config["in_channels"]), int(config["input_size"]), int(config["input_size"]))
-    sampler = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=not args.latent,
-                            cfg_channels=args.cfg_channels)
+    pixel_space = not args.latent and recorded.get("pixel_space", True)
+    sampler = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=pixel_space,
+                            cfg_channels=cfg_channels)
     start = time.perf_counter()
     images = sample_numpy(denoiser, labels, shape, sampler, num_classes, args.seed)
     elapsed = time.perf_counter() - start
     save_samples(args.out, images, labels, {"sampler": args.sampler, "steps": args.steps, "cfg": args.cfg,
-                                            "cfg_channels": args.cfg_channels,
+                                            "cfg_channels": cfg_channels,
                                             "seed": args.seed, "runtime": "trt" if args.engines else "ort"})
     print(json.dumps({"out": str(args.out), "num": args.num, "seconds": round(elapsed, 2),
                       "ms_per_step": round(1000 * elapsed / args.steps, 2)}))

@@ -42,6 +42,11 @@ class ResolvedModel:
     # guides 3 of 4, and its checkpoints reproduce the paper's FID only that way.
     cfg_channels: int | None = None
 
+    def sampling(self) -> dict:
+        """How this model is sampled by default, as an export manifest records it (`model.sampling`), so
+        that what serves an export samples as `tqdit sample --model` does."""
+        return {"pixel_space": self.pixel_space, "cfg_channels": self.cfg_channels}
+
 
 def is_digits_architecture(in_channels: int, input_size: int, num_classes: int) -> bool:
     """The digits architecture (1 channel, 8x8, 10 classes): such a user checkpoint samples pixels

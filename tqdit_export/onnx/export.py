@@ -297,7 +297,7 @@ def _graph_entry(folder: Path, name: str, **fields) -> dict:
 def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layout: str = "per-group",
                fp32: bool = False, weight_reduce_range: bool | None = None, int4_weights: bool | None = None,
                precision: str = "int8", attention: bool = True, target: str | None = None,
-               float_precision: str = "fp32", fused_attention: bool = False) -> dict:
+               float_precision: str = "fp32", fused_attention: bool = False, sampling: dict | None = None) -> dict:
     """Write the Q/DQ graph(s) of `layout` (+ `fp32.onnx` with `fp32`) and the manifest.
 
     `weight_reduce_range=None` picks 7-bit weights when this CPU lacks VNNI (ORT CPU target).
@@ -311,7 +311,9 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
     graph interface stays float32. `fp32.onnx` stays the float32 reference.
     `fused_attention=True` (TensorRT targets): the fused-attention Q/DQ placement (`qdq_model`) in
     the attention modules whose shapes TensorRT fuses, per-group layout only (the other layouts
-    keep the plain placement); the manifest lists them under `fused_attention`. Returns the manifest.
+    keep the plain placement); the manifest lists them under `fused_attention`. `sampling`
+    (`ResolvedModel.sampling()`: pixel_space, cfg_channels) is written as `model.sampling`, the
+    defaults of whatever samples the export (`api.spec_of_export`). Returns the manifest.
     """
     out_dir = Path(out_dir)
     if precision not in PRECISIONS:
@@ -367,7 +369,8 @@ def export_dit(model: DiT, record: CalibrationRecord, out_dir: str | Path, layou
             "float_precision": float_precision,
             "inputs": inputs,
             "outputs": {"out": "float32 (N,2C,H,W) epsilon | variance"},
-            "model": {"config": record.model_config, "weights_sha256": record.model_hash},
+            "model": {"config": record.model_config, "weights_sha256": record.model_hash,
+                      **({"sampling": dict(sampling)} if sampling is not None else {})},
             "bits": {"weights": record.weight_bits, "activations": record.activation_bits,
                      "weights_in_graph": "fp8" if fp8 else (7 if weight_reduce_range and record.weight_bits == 8
                                                             else record.weight_bits),

@@ -153,6 +153,11 @@ class ExportManifest:
                    in_group_order(raw["graphs"], folder), raw.get("fp32"), dict(raw.get("model", {}).get("config", {})),
                    raw)
 
+    @property
+    def sampling(self) -> dict:
+        """The model's sampling defaults the export recorded (pixel_space, cfg_channels); {} if none."""
+        return model_sampling(self.raw)
+
 
 @dataclass(frozen=True)
 class BuildManifest:
@@ -195,6 +200,17 @@ class BuildManifest:
         return cls(folder, Layout.of(raw.get("layout"), path), _time_groups(raw, path),
                    in_group_order(list(raw.get("engines") or []), folder), max_batch,
                    dict((raw.get("model") or {}).get("config") or {}), raw)
+
+    @property
+    def sampling(self) -> dict:
+        """The model's sampling defaults the build recorded (pixel_space, cfg_channels); {} if none."""
+        return model_sampling(self.raw)
+
+
+def model_sampling(raw: dict) -> dict:
+    """`model.sampling` of a manifest (export or build): how the model is sampled by default.
+    Manifests written before it was recorded have none ({}): the readers' rule applies."""
+    return dict((raw.get("model") or {}).get("sampling") or {})
 
 
 def _time_groups(raw: dict, source: Path) -> TimeGroups:

@@ -56,8 +56,9 @@ class RepositoryOptions:
     dynamic_batching: bool = True
     queue_delay_us: int = 2000
     threads: int = 0  # ONNX Runtime intra-op threads per denoiser instance; 0: ORT's default
-    pixel_space: bool | None = None  # default: the registry's rule (the digits architecture samples pixels)
-    cfg_channels: int | None = None  # default: all epsilon channels guided
+    # Defaults: what the export recorded (`model.sampling`), else the registry's rule and all channels.
+    pixel_space: bool | None = None
+    cfg_channels: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("sampler_instances", "denoiser_instances"):
@@ -182,7 +183,10 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
         profile_max, entries, platform = build.max_batch, build.engines, "tensorrt_plan"
     else:
         profile_max, entries, platform = 2 * (options.max_images or DEFAULT_MAX_IMAGES), manifest.graphs, "python"
-    max_images = options.max_images or max(1, profile_max // 2)
+    if profile_max < 2:
+        raise ValueError(f"{source}: the engines' profile takes at most {profile_max} row, and guidance needs 2 per "
+                         "image; build the engines again with `tqdit build` (its targets' profiles take 4 or more)")
+    max_images = options.max_images or profile_max // 2
     if 2 * max_images > profile_max:
         raise ValueError(f"--max-images {max_images}: the engines' profile takes at most {profile_max} rows, and "
                          f"guidance doubles every batch; use --max-images {profile_max // 2} or less")
@@ -228,13 +232,23 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
     return info
 
 
-def read_repository(repo: str | Path) -> dict:
-    """The marker of a repository written by `write_repository`, or an error saying how to write one."""
+def read_repository(repo: str | Path, verify: bool = False) -> dict:
+    """The marker of a repository written by `write_repository`, or an error saying how to write one.
+    `verify`: every graph and engine it copied is checked against the sha256 the marker recorded
+    (a model file edited or replaced in the repository is refused before a server loads it)."""
     path = Path(repo) / REPOSITORY_MARKER
     if not path.is_file():
         raise FileNotFoundError(f"--repo {repo}: no {REPOSITORY_MARKER}; write the repository with "
                                 "`tqdit triton-repo --from EXPORT_OR_BUILD_DIR --out DIR`")
-    return json.loads(path.read_text())
+    try:
+        marker = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable repository marker ({err}); write the repository again with "
+                         "`tqdit triton-repo`") from err
+    if verify:
+        for model, entry in (marker.get("files") or {}).items():
+            verified_file(Path(repo) / model / "1", entry["file"], entry.get("sha256"), "model file of the repository")
+    return marker
 
 
 def lint_model_config(path: str | Path) -> list[str]:

@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 TRITONSERVER_ENV = "TQDIT_TRITONSERVER"
 SYSTEM_TRITON = Path("/opt/tritonserver")
@@ -134,6 +135,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Refuse ports that are taken or given twice, before a server starts: a server already on the
+    HTTP port would otherwise answer the readiness check for ours."""
+    seen: dict[int, str] = {}
+    for flag, port in ports.items():
+        if port in seen:
+            raise ValueError(f"{flag} {port}: the same port as {seen[port]}; give each endpoint its own port")
+        seen[port] = flag
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT is no obstacle
+            try:
+                s.bind((host, port))
+            except OSError as err:
+                raise ValueError(f"{flag} {port}: cannot listen on {host}:{port} ({err.strerror}); another server "
+                                 "holds it: stop it or pick another port") from err
+
+
+class StartCancelled(Exception):
+    """The server was asked to stop before it was ready (it has been stopped)."""
+
+
 class TritonServer:
     """tritonserver over `repo` on `host` (default 127.0.0.1) and the given ports; a context manager.
 
@@ -147,7 +170,7 @@ class TritonServer:
                  exit_timeout: int = 10, extra_args: tuple[str, ...] = (), stub_env: str | Path | None = None) -> None:
         from .repository import read_repository
 
-        read_repository(repo)  # a clear error before any process starts
+        read_repository(repo, verify=True)  # a clear error before any process starts, for a changed file too
         self.repo = Path(repo).resolve()
         if any(c.isspace() for c in str(self.repo)):
             # The Python backend starts its stubs with a command line split on spaces: each stub then
@@ -170,11 +193,15 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        return f"{self._url_host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{self._url_host}:{self.grpc_port}"
+
+    @property
+    def _url_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address in a URL is bracketed
 
     def command(self, backends: Path) -> list[str]:
         return [str(self.install.binary), "--model-repository", str(self.repo), "--backend-directory", str(backends),
@@ -193,10 +220,13 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(str(p) for p in libs)
         return env
 
-    def start(self, timeout: float = 180.0) -> "TritonServer":
-        """Start the server and wait until it is ready, at most `timeout` seconds (default 180)."""
+    def start(self, timeout: float = 180.0, should_stop: Callable[[], bool] | None = None) -> "TritonServer":
+        """Start the server and wait until it is ready, at most `timeout` seconds (default 180).
+        `should_stop()` true while it loads (e.g. a signal came): stop it and raise StartCancelled."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("this server is already running")
+        check_ports_free(self.host, {"--http-port": self.http_port, "--grpc-port": self.grpc_port,
+                                     "--metrics-port": self.metrics_port})
         backends = self.install.backends
         if self.install.kind == "pytriton-wheel":
             backends = Path(self._scratch.name) / "backends"
@@ -214,12 +244,22 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with status {self.process.returncode} before it was "
-                                   f"ready; the end of its log ({self.log_path}):\n{self.log_tail()}")
-            if self.ready():
+                                   f"ready; {self.where_the_log_is()}")
+            if should_stop is not None and should_stop():
+                status = self.stop()
+                raise StartCancelled(f"stopped while its models loaded (tritonserver exit status {status})")
+            # Ready, and still our process: another server on the port must not pass for ours.
+            if self.ready() and self.process.poll() is None:
                 return self
             time.sleep(0.25)
         self.stop()
-        raise TimeoutError(f"tritonserver was not ready within {timeout:.0f} s; the end of its log:\n{self.log_tail()}")
+        raise TimeoutError(f"tritonserver was not ready within {timeout:.0f} s; {self.where_the_log_is()}")
+
+    def where_the_log_is(self) -> str:
+        """Where to read why it failed: the end of its log file, or its output above (`log="-"`)."""
+        if self.inherit_output:
+            return "see its output above"
+        return f"the end of its log ({self.log_path}):\n{self.log_tail()}"
 
     def ready(self) -> bool:
         """Whether the server answers /v2/health/ready with 200 (every model loaded)."""
@@ -241,9 +281,16 @@ class TritonServer:
             try:
                 self.process.wait(self.exit_timeout + 5)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._kill_group()
                 self.process.wait()
         return self.process.returncode
+
+    def _kill_group(self) -> None:
+        """SIGKILL the server and its backend stubs (its own process group), not the server alone."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            self.process.kill()
 
     def log_tail(self, lines: int = 40) -> str:
         try:

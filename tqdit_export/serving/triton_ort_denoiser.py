@@ -57,3 +57,6 @@ class TritonPythonModel:
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("out", np.ascontiguousarray(o))])
                 for o in outs]
+
+    def finalize(self) -> None:
+        self.session = None  # frees the session's memory when Triton unloads the model, not at process exit

@@ -10,9 +10,12 @@ Outputs: images UINT8 (N, H, W, C), samples FP32 (N, C, H, W) in the model's ran
 Each step's denoiser call goes to the denoiser model of that step's time group (BLS), with
 the conditional and unconditional halves of classifier-free guidance in one request. The
 requests a dynamic batch hands to one `execute` share one sampling loop when their settings
-are equal (one denoiser call per step for all of them), each with its own noise. A bad
-request gets an error response naming the input; the others in the batch are served. A
-request its client cancelled stops being worked on at the next step.
+are equal (one denoiser call per step for all of them), each with its own noise; groups of
+other settings run one loop after another, and the batch is answered when its last loop
+ends (a short request batched with a long one waits for it). A bad request gets an error
+response naming the input; a loop that fails answers only its own requests; the others in
+the batch are served. A loop whose requests were all cancelled by their clients stops at
+its next step (Triton passes cancellation on from gRPC clients only, not from HTTP).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import ImageRequest, ModelSpec, Pipeline, SampleSettings, to_uint8
+from ..api import ImageRequest, ModelSpec, Pipeline, SampleSettings, check_labels, settings_groups, to_uint8
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -29,12 +32,11 @@ except ImportError:  # pragma: no cover - imported by tests and docs outside Tri
     pb_utils = None
 
 SAMPLER_NAME = "tqdit_sampler"  # repository.SAMPLER_MODEL (not imported: the stub needs no more than this)
-DEFAULT_SAMPLER = "ddpm"
-DEFAULT_GUIDANCE = 1.5
+DEFAULTS = SampleSettings()  # of a request that leaves sampler or guidance_scale out
 
 
 class RequestCancelled(Exception):
-    """Every request of the running loop was cancelled by its client."""
+    """Every request of the running loop (one settings group) was cancelled by its client."""
 
 
 def one_value(name: str, rows: np.ndarray | None, default=None):
@@ -57,16 +59,18 @@ def parse_request(inputs: dict[str, np.ndarray | None], spec: ModelSpec) -> Imag
     labels = inputs.get("class_label")
     if labels is None:
         raise ValueError("input 'class_label' is missing; send one class id per image, shape (N, 1)")
-    labels = labels.reshape(-1)
-    bad = labels[(labels < 0) | (labels >= spec.num_classes)]
-    if bad.size:
-        raise ValueError(f"input 'class_label': class {int(bad[0])} is out of range; this model has classes "
-                         f"0..{spec.num_classes - 1}")
+    try:
+        labels = check_labels(labels.reshape(-1), spec.num_classes)
+    except ValueError as err:
+        raise ValueError(f"input 'class_label': {err}") from err
     seed = int(one_value("seed", inputs.get("seed")))
     steps = int(one_value("steps", inputs.get("steps")))
-    sampler = one_value("sampler", inputs.get("sampler"), DEFAULT_SAMPLER.encode())
-    sampler = sampler.decode() if isinstance(sampler, bytes) else str(sampler)
-    guidance = float(one_value("guidance_scale", inputs.get("guidance_scale"), DEFAULT_GUIDANCE))
+    sampler = one_value("sampler", inputs.get("sampler"), DEFAULTS.sampler.encode())
+    try:
+        sampler = sampler.decode() if isinstance(sampler, bytes) else str(sampler)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"input 'sampler': {sampler[:20]!r} is not UTF-8 text; send b'ddpm' or b'ddim'") from err
+    guidance = float(one_value("guidance_scale", inputs.get("guidance_scale"), DEFAULTS.guidance))
     try:
         settings = SampleSettings(sampler, steps, guidance)
     except ValueError as err:
@@ -144,18 +148,21 @@ class TritonPythonModel:
                 parsed.append((i, parse_request(inputs, self.spec)))
             except ValueError as err:
                 responses[i] = _error(f"{SAMPLER_NAME}: {err}")
-        if parsed:
-            self.denoiser.active = [requests[i] for i, _ in parsed]
+        # One loop per group of equal settings, each on its own: a group whose loop fails, or whose
+        # requests were all cancelled, answers only its own requests.
+        for members in settings_groups([r for _, r in parsed]).values():
+            loop = [parsed[m] for m in members]
+            self.denoiser.active = [requests[i] for i, _ in loop]
             try:
-                images = self.pipeline.sample_requests([r for _, r in parsed])
+                images = self.pipeline.sample_requests([r for _, r in loop])
             except RequestCancelled:
-                for i, _ in parsed:
+                for i, _ in loop:
                     responses[i] = _error(f"{SAMPLER_NAME}: request cancelled by its client", cancelled=True)
             except Exception as err:  # noqa: BLE001 - a failed loop answers every request of it
-                for i, _ in parsed:
+                for i, _ in loop:
                     responses[i] = _error(f"{SAMPLER_NAME}: sampling failed: {err}")
             else:
-                for (i, _), x in zip(parsed, images):
+                for (i, _), x in zip(loop, images):
                     if _cancelled(requests[i]):
                         responses[i] = _error(f"{SAMPLER_NAME}: request cancelled by its client", cancelled=True)
                         continue
