@@ -23,7 +23,8 @@ FP samples are cached as `{workdir}/fp_ddpm{steps}_seed{seed}_n{num}.npz`, the f
 `tqdit sample --save-npz`: the same command line fills that cache (same noise, same images).
 Calibration cost is measured when a record is first made; `--retime-calibration` re-runs the
 cached calibrations on idle cores, checks they reproduce the cached records (scales byte for byte),
-and replaces the cost in the cache and in the cells.
+and replaces the cost in the cache and in the cells. `--report` only rewrites the markdown (and
+the plot) from the JSON, e.g. after a change to the tables.
 """
 from __future__ import annotations
 
@@ -195,6 +196,13 @@ def _first(group: list[dict], key: str):
     return next((c[key] for c in group if c.get(key) is not None), "—")
 
 
+def mean_std(vals: list[float], digits: int) -> str:
+    """One value as it is, several as mean ± std."""
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
 def write_tables(results: dict, out: Path) -> None:
     write_json(out.with_suffix(".json"), results)
     cells = results["cells"]
@@ -208,11 +216,6 @@ def write_tables(results: dict, out: Path) -> None:
              "", "| bits | row | steps | seeds | FD | FD reference | accuracy | PSNR vs FP (dB) | calib s | "
              "calib peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
 
-    def fmt(vals: list[float], digits: int) -> str:
-        if len(vals) == 1:
-            return f"{vals[0]:.{digits}f}"
-        return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
-
     steps_order = {100: 0, 250: 1, 50: 2}
     keys = sorted({(c["bits"], c["row"], c["steps"]) for c in cells},
                   key=lambda k: (k[0] != "FP", k[0], list(ROWS).index(k[1]), steps_order.get(k[2], k[2])))
@@ -220,12 +223,13 @@ def write_tables(results: dict, out: Path) -> None:
         group = [c for c in cells if (c["bits"], c["row"], c["steps"]) == (bits, row, steps)]
         psnr = [c["psnr_vs_fp"] for c in group if c["psnr_vs_fp"] is not None]
         lines.append(
-            f"| {bits} | {row} | {steps} | {len(group)} | {fmt([c['fd'] for c in group], 3)} | "
-            f"{fmt([c['fd_reference'] for c in group], 3)} | "
-            f"{fmt([c['accuracy'] for c in group], 3)} | {fmt(psnr, 2) if psnr else '—'} | "
+            f"| {bits} | {row} | {steps} | {len(group)} | {mean_std([c['fd'] for c in group], 3)} | "
+            f"{mean_std([c['fd_reference'] for c in group], 3)} | "
+            f"{mean_std([c['accuracy'] for c in group], 3)} | {mean_std(psnr, 2) if psnr else '—'} | "
             f"{_first(group, 'calib_seconds')} | {_first(group, 'calib_peak_rss_mib')} |")
     lines += ["", "FD reference: real train digits (as many as the samples) vs the held-out set, with the "
               "cell's seed choosing the draw: what a perfect generator would score."]
+    lines += forms_table(cells)
     paired = [c for c in cells if c.get("psnr_vs_fp32_graph") is not None]
     if paired:
         lines += ["", "Paired PSNR of deployed rows against the images of their float32-float-ops graph "
@@ -238,6 +242,46 @@ def write_tables(results: dict, out: Path) -> None:
         lines += ["", f"![FD and paired PSNR per row]({plot.name})"]
     with atomic_output(out.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+
+
+# The MRQ forms compared with the paper's (forms_table): row and what it quantizes how.
+FORM_ROWS = {
+    "tqdit": "paper forms (compare + Where on A; two fc2 GEMMs)",
+    "mrq-saturate": "saturating softmax, paper GELU",
+    "mrq-shift": "paper softmax, shifted GELU",
+    "mrq-cheap": "saturating softmax + shifted GELU (targets' default)",
+    "no-mrq": "no MRQ (uniform)",
+}
+
+
+def forms_table(cells: list[dict]) -> list[str]:
+    """The MRQ forms against the paper's at 100 steps: FD and PSNR over the seeds each row has,
+    and the PSNR difference paired by seed (same noise, same FP samples) over the seeds both have."""
+    at100 = {(c["row"], c["bits"], c["seed"]): c for c in cells if c["steps"] == 100 and c["row"] in FORM_ROWS}
+    bits_list = [b for b in ("W8A8", "W6A6", "W4A8") if any(k[1] == b and k[0].startswith("mrq-") for k in at100)]
+    if not bits_list:
+        return []
+    lines = ["", "MRQ forms against the paper's (DDPM 100 steps; mean ± std over the row's seeds; "
+             "Δ PSNR: the difference to the tqdit row, paired by seed, over the seeds both rows have):", "",
+             "| bits | row | MRQ forms | seeds | FD | accuracy | PSNR vs FP (dB) | Δ PSNR vs paper forms (dB) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    for bits in bits_list:
+        for row, what in FORM_ROWS.items():
+            group = sorted((k[2], c) for k, c in at100.items() if k[:2] == (row, bits))
+            if not group:
+                lines.append(f"| {bits} | {row} | {what} | none | not measured | | | |")
+                continue
+            seeds = [s for s, _ in group]
+            diffs = [c["psnr_vs_fp"] - at100[("tqdit", bits, s)]["psnr_vs_fp"] for s, c in group
+                     if ("tqdit", bits, s) in at100]
+            delta = "—" if row == "tqdit" else (
+                f"{statistics.mean(diffs):+.2f} (seeds {', '.join(str(s) for s, _ in group if ('tqdit', bits, s) in at100)})"
+                if diffs else "no paired seed")
+            lines.append(f"| {bits} | {row} | {what} | {', '.join(map(str, seeds))} | "
+                         f"{mean_std([c['fd'] for _, c in group], 3)} | {mean_std([c['accuracy'] for _, c in group], 3)} | "
+                         f"{mean_std([c['psnr_vs_fp'] for _, c in group], 2)} | {delta} |")
+    return lines
 
 
 def write_plot(results: dict, path: Path) -> Path | None:
@@ -296,7 +340,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retime-calibration", action="store_true",
                    help="only re-run the cached calibrations of --rows/--bits (on idle cores) and replace "
                         "their wall time and peak memory; samples nothing")
+    p.add_argument("--report", action="store_true",
+                   help="only rewrite the markdown table and plot from the JSON; samples and records nothing")
     args = p.parse_args(argv)
+    if args.report:
+        if not args.out.with_suffix(".json").exists():
+            raise SystemExit(f"--report: {args.out.with_suffix('.json')} does not exist; run some cells first "
+                             "(or pass the --out of an earlier run)")
+        write_tables(json.loads(args.out.with_suffix(".json").read_text()), args.out)
+        return
 
     resolved = resolve_model(args.model)
     model = resolved.model
