@@ -81,6 +81,8 @@ def test_an_export_of_an_official_checkpoint_samples_as_tqdit_sample_does(tmp_pa
                  "--out", str(tmp_path / "onnx")]) == 0
     pipe = open_pipeline(tmp_path / "onnx")
     assert (pipe.spec.cfg_channels, pipe.spec.pixel_space) == (3, False)
+    with pytest.raises(ValueError, match="cfg_channels 5: this model has 4 epsilon channels"):
+        open_pipeline(tmp_path / "onnx", cfg_channels=5)  # refused when opened, not at the first step
     assert main(["sample", "--model", str(checkpoint), "--record", str(tmp_path / "record"), "--backend", "ort",
                  "--onnx", str(tmp_path / "onnx"), "--class", "1", "--num", "2", "--steps", "4", "--seed", "3",
                  "--save-npz", str(tmp_path / "s.npz"), "--quiet"]) == 0

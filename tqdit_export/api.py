@@ -25,6 +25,12 @@ __all__ = ["ModelSpec", "SampleSettings", "ImageRequest", "Pipeline", "OrtSessio
            "open_pipeline", "open_backend", "model_pipeline", "spec_of_config", "to_uint8", "chunk_seed"]
 
 
+def is_digits_architecture(in_channels: int, input_size: int, num_classes: int) -> bool:
+    """The digits architecture (1 channel, 8x8, 10 classes): such a user checkpoint samples pixels
+    (x0 clipped to [-1, 1]) and is evaluated as digits; any other is read as a latent model."""
+    return in_channels == 1 and input_size == 8 and num_classes == 10
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What sampling needs to know about a denoiser's model: the sample shape, the classes, the
@@ -65,20 +71,23 @@ def spec_of_config(config: dict, name: str = "", pixel_space: bool | None = None
     `pixel_space` default: the registry's rule for a user checkpoint (the digits architecture,
     1 channel 8x8 with 10 classes, samples pixels; anything else latents).
     """
-    from .models.registry import is_digits_architecture
-
     c, size, classes = int(config["in_channels"]), int(config["input_size"]), int(config["num_classes"])
     if pixel_space is None:
         pixel_space = is_digits_architecture(c, size, classes)
+    if cfg_channels is not None and not 1 <= cfg_channels <= c:  # here, not at the first step of a loop
+        raise ValueError(f"cfg_channels {cfg_channels}: this model has {c} epsilon channels; guide 1..{c} "
+                         "(or leave it unset: the export's recorded default, else every channel)")
     return ModelSpec(c, size, classes, pixel_space, cfg_channels, name)
 
 
 def spec_of_export(manifest, pixel_space: bool | None = None, cfg_channels: int | None = None) -> ModelSpec:
-    """The spec of the model an export folder holds (`manifest`: its `ExportManifest`).
+    """The spec of the model an export or build folder holds (`manifest`: its `ExportManifest` or
+    `BuildManifest`); torch-free, so the edge runtime resolves it the same way.
 
     Defaults: the model's sampling as the export recorded it (`model.sampling`: pixel space, and
-    the official checkpoints' 3 guided channels), else the registry's rule and every channel."""
-    name = str((manifest.raw.get("calibration") or {}).get("model", ""))
+    the official checkpoints' 3 guided channels), else the digits rule and every channel."""
+    name = str((manifest.raw.get("calibration") or {}).get("model", "")
+               or (manifest.raw.get("model") or {}).get("name", ""))
     recorded = manifest.sampling
     if pixel_space is None:
         pixel_space = recorded.get("pixel_space")
@@ -267,7 +276,8 @@ def open_pipeline(folder: str | Path, fp32: bool = False, threads: int | None = 
                   cfg_channels: int | None = None) -> Pipeline:
     """ONNX Runtime over an export folder or a build's onnx/: its quantized graphs (default) or its
     FP32 graph. `threads`: ORT intra-op threads (default: the physical cores, as torch's default);
-    `pixel_space` / `cfg_channels`: see `spec_of_config` (default: the registry's rule, all channels)."""
+    `pixel_space` / `cfg_channels`: see `spec_of_export` (default: what the export recorded, else the
+    digits rule and every channel)."""
     from .edge.ort_runtime import OrtDenoiser
     from .onnx.manifest import ExportManifest
 

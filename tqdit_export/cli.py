@@ -324,15 +324,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         check_counts(args, "groups", "samples_per_group", "rounds", "trajectory_steps")
     check_output_folder(args.out, BUILD_MANIFEST)
     if args.triton is not None:  # its options and folder are refused before any work, too
-        from .serving.repository import REPOSITORY_MARKER
+        from .serving.repository import REPOSITORY_MARKER, check_max_images
 
         triton_options = repository_options(args)
         check_output_folder(args.triton, REPOSITORY_MARKER)
-        profile_max = target(args.target).max_batch  # the engines' profile, known before any work
-        if triton_options.max_images and 2 * triton_options.max_images > profile_max:
-            raise UsageError(f"--max-images {triton_options.max_images}: the {args.target} engines' profile takes "
-                             f"at most {profile_max} rows, and guidance doubles every batch; use --max-images "
-                             f"{profile_max // 2} or less")
+        # The target's engine profile is known before any work: refuse too many images now.
+        check_max_images(triton_options.max_images, target(args.target).max_batch)
     resolved = resolve_model(args.model)
     command = "tqdit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["build"] else ""
     with tempfile.TemporaryDirectory() as scratch:
@@ -394,6 +391,12 @@ def add_repository_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads per CPU denoiser instance (default 0: ORT's, the "
                              "physical cores)")
+    parser.add_argument("--cfg-channels", type=int, default=None,
+                        help="epsilon channels guidance acts on (default: what the export recorded, 3 for "
+                             "facebookresearch/DiT checkpoints, else all)")
+    parser.add_argument("--latent", action="store_true",
+                        help="a latent model: x0 is not clipped (default: what the export recorded, else pixel "
+                             "space for the digits architecture only)")
 
 
 def repository_options(args: argparse.Namespace):
@@ -402,7 +405,8 @@ def repository_options(args: argparse.Namespace):
     return RepositoryOptions(max_images=args.max_images, sampler_instances=args.sampler_instances,
                              denoiser_instances=args.denoiser_instances,
                              dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
-                             threads=args.threads)
+                             threads=args.threads, pixel_space=False if args.latent else None,
+                             cfg_channels=args.cfg_channels)
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
@@ -444,8 +448,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def on_signal(signum, _frame):
         stop["signal"] = signum
 
-    # SIGHUP too: a closed terminal must stop the server, which runs in its own session.
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    # SIGHUP too: a closed terminal must stop the server, which runs in its own session. A signal
+    # the caller ignores stays ignored (`nohup tqdit serve` keeps serving after a hangup).
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         print(f"tqdit serve: starting {server.install.binary} ({server.install.kind}) over {args.repo}", flush=True)
         try:
@@ -454,7 +460,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"tqdit serve: {signal.Signals(stop['signal']).name}: {done}")
             return 0
         print(f"tqdit serve: ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics "
-              f"{server.host}:{server.metrics_port}/metrics; Ctrl-C stops", flush=True)
+              f"{server.metrics_url}/metrics; Ctrl-C stops", flush=True)
         while stop["signal"] is None and server.alive():
             time.sleep(0.2)
         if stop["signal"] is None:

@@ -197,6 +197,12 @@ def test_a_model_file_changed_in_the_repository_is_refused_before_a_server_start
     graph.unlink()
     with pytest.raises(FileNotFoundError, match="tqdit_denoiser_g1/1/model.onnx.*missing"):
         TritonServer(repo)
+    # Not only the graphs: the sampler's pipeline.json (its spec, its time groups) too.
+    assert main(["triton-repo", "--from", str(export), "--out", str(tmp_path / "r2")]) == 0
+    pipeline = tmp_path / "r2" / "tqdit_sampler" / "1" / "pipeline.json"
+    pipeline.write_text(pipeline.read_text().replace('"pixel_space": true', '"pixel_space": false'))
+    with pytest.raises(ValueError, match="tqdit_sampler/1/pipeline.json.*changed after it was written"):
+        TritonServer(tmp_path / "r2")
 
 
 def test_ports_taken_or_given_twice_are_refused_naming_the_flag():
@@ -211,5 +217,87 @@ def test_ports_taken_or_given_twice_are_refused_naming_the_flag():
     with socket.socket() as held:
         held.bind(("127.0.0.1", a))
         held.listen()
-        with pytest.raises(ValueError, match=f"--http-port {a}: cannot listen on 127.0.0.1:{a}.*another server"):
+        with pytest.raises(ValueError, match=f"--http-port {a}: 127.0.0.1:{a} is in use; another server"):
             check_ports_free("127.0.0.1", {"--http-port": a, "--grpc-port": b})
+
+
+def test_one_settings_group_failing_or_cancelled_answers_only_its_own_requests(monkeypatch):
+    """The sampler's execute over stand-ins for Triton's pb_utils: three settings groups in one batch;
+    the loop of one fails, the requests of another are all cancelled, the third is served."""
+    import types
+
+    from tqdit_export.api import Pipeline
+    from tqdit_export.diffusion.schedule import space_timesteps
+    from tqdit_export.serving import triton_sampler as ts
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, np.asarray(array)
+
+        def as_numpy(self):
+            return self.array
+
+    class Error:
+        CANCELLED = "CANCELLED"
+
+        def __init__(self, message, code=None):
+            self.text, self.code = message, code
+
+        def message(self):
+            return self.text
+
+    class Response:
+        def __init__(self, output_tensors, error=None):
+            self.outputs, self.error_ = {t.name: t for t in output_tensors}, error
+
+        def has_error(self):
+            return self.error_ is not None
+
+        def error(self):
+            return self.error_
+
+    poison = set(space_timesteps(1000, 3)) - set(space_timesteps(1000, 4))  # timesteps only the 3-step loop sees
+
+    def denoise(x, t):
+        if poison & set(t.tolist()):
+            raise RuntimeError("denoiser broke")
+        eps = np.tanh(0.5 * x)
+        return np.concatenate([eps, np.zeros_like(eps)], axis=1).astype(np.float32)
+
+    class InferenceRequest:
+        def __init__(self, model_name, requested_output_names, inputs):
+            self.feeds = {t.name: t.array for t in inputs}
+
+        def exec(self):
+            return Response([Tensor("out", denoise(self.feeds["x"], self.feeds["t"].reshape(-1)))])
+
+    monkeypatch.setattr(ts, "pb_utils", types.SimpleNamespace(
+        Tensor=Tensor, TritonError=Error,
+        InferenceResponse=Response, InferenceRequest=InferenceRequest,
+        get_input_tensor_by_name=lambda request, name: request.inputs.get(name),
+        get_output_tensor_by_name=lambda response, name: response.outputs[name]))
+
+    class Request:
+        def __init__(self, steps, seed, cancelled=False):
+            self.inputs = {"class_label": Tensor("class_label", [[1], [2]]), "seed": Tensor("seed", [[seed], [seed]]),
+                           "steps": Tensor("steps", [[steps], [steps]])}
+            self.cancelled = cancelled
+
+        def is_cancelled(self):
+            return self.cancelled
+
+    model = ts.TritonPythonModel()
+    model.spec = SPEC
+    model.denoiser = ts.BlsDenoiser({"time_groups": [0, 500, 1000], "denoisers": [{"name": "d", "batched": True}]})
+    model.pipeline = Pipeline(model.denoiser, SPEC, "triton")
+    requests = [Request(4, 1), Request(3, 2), Request(5, 3, cancelled=True), Request(4, 4), Request(5, 5, True)]
+    responses = model.execute(requests)
+    served = Pipeline(lambda x, t, y: denoise(x, t), SPEC)
+    for i in (0, 3):  # the 4-step group: served, each with its own draw
+        assert responses[i].error_ is None
+        np.testing.assert_array_equal(responses[i].outputs["samples"].array,
+                                      served.sample([1, 2], seed=requests[i].inputs["seed"].array[0, 0], steps=4))
+    assert "sampling failed: denoiser broke" in responses[1].error_.text
+    for i in (2, 4):
+        assert "cancelled" in responses[i].error_.text and responses[i].error_.code == "CANCELLED"
+    assert model.denoiser.active == []

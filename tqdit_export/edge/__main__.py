@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..api import spec_of_export
 from ..diffusion.schedule import SAMPLERS, SamplerConfig
 from ..errors import UsageError, run_command
 from ..io import check_output_file, save_samples
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latent", action="store_true",
                    help="latent-space model: do not clip x0 to [-1, 1] (default: what the export recorded, "
-                        "else pixel space)")
+                        "else pixel space for the digits architecture only)")
     p.add_argument("--out", type=Path, required=True, help=".npz of images (N,C,H,W) in [-1, 1] and labels")
     p.add_argument("--debug", action="store_true", help="a traceback instead of the one-line error message")
     args = p.parse_args(argv)
@@ -50,28 +51,29 @@ def run(args: argparse.Namespace) -> int:
         if value < 1:
             raise UsageError(f"{flag} {value}: must be at least 1")
     check_output_file(args.out)  # before the engines load and the sampling runs
+    SamplerConfig(args.sampler, args.steps, args.cfg, cfg_channels=args.cfg_channels)  # refused before loading
     if args.engines:
         from .trt_runtime import TrtDenoiser
 
         denoiser = TrtDenoiser(args.engines, args.plugin_library)
-        config, recorded = denoiser.build.model_config, denoiser.build.sampling
+        manifest = denoiser.build
     else:
         from .ort_runtime import OrtDenoiser
 
         denoiser = OrtDenoiser(args.onnx)
-        config, recorded = denoiser.manifest.model_config, denoiser.manifest.sampling
-    # The flag, else the channels the export recorded (3 for facebookresearch/DiT checkpoints), else all.
-    cfg_channels = args.cfg_channels if args.cfg_channels is not None else recorded.get("cfg_channels")
-    num_classes = int(config["num_classes"])
+        manifest = denoiser.manifest
+    # The flags, else what the export recorded (3 guided channels and latents for facebookresearch/DiT
+    # checkpoints), else the digits rule and every channel: the one resolution the API and server use.
+    spec = spec_of_export(manifest, False if args.latent else None, args.cfg_channels)
+    cfg_channels = spec.cfg_channels
+    num_classes = spec.num_classes
     labels = np.full(args.num, args.cls) if args.cls is not None else np.arange(args.num) % num_classes
     if labels.min() < 0 or labels.max() >= num_classes:
         raise UsageError(f"--class {args.cls}: this model has classes 0..{num_classes - 1}")
-    shape = (int(config["in_channels"]), int(config["input_size"]), int(config["input_size"]))
-    pixel_space = not args.latent and recorded.get("pixel_space", True)
-    sampler = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=pixel_space,
+    sampler = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=spec.pixel_space,
                             cfg_channels=cfg_channels)
     start = time.perf_counter()
-    images = sample_numpy(denoiser, labels, shape, sampler, num_classes, args.seed)
+    images = sample_numpy(denoiser, labels, spec.shape, sampler, num_classes, args.seed)
     elapsed = time.perf_counter() - start
     save_samples(args.out, images, labels, {"sampler": args.sampler, "steps": args.steps, "cfg": args.cfg,
                                             "cfg_channels": cfg_channels,

@@ -48,14 +48,9 @@ class ResolvedModel:
         return {"pixel_space": self.pixel_space, "cfg_channels": self.cfg_channels}
 
 
-def is_digits_architecture(in_channels: int, input_size: int, num_classes: int) -> bool:
-    """The digits architecture (1 channel, 8x8, 10 classes): such a user checkpoint samples pixels
-    (x0 clipped to [-1, 1]) and is evaluated as digits; any other is read as a latent model."""
-    return in_channels == 1 and input_size == 8 and num_classes == 10
-
-
 def resolve_model(name_or_path: str, device: str = "cpu") -> ResolvedModel:
     """Load a bundled model by name, or any supported checkpoint file/folder by path."""
+    from ..api import is_digits_architecture
     from ..diffusion.schedule import OFFICIAL_CFG_CHANNELS
     from .loaders import checkpoint_format, load_checkpoint
 

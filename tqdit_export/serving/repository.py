@@ -187,9 +187,7 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
         raise ValueError(f"{source}: the engines' profile takes at most {profile_max} row, and guidance needs 2 per "
                          "image; build the engines again with `tqdit build` (its targets' profiles take 4 or more)")
     max_images = options.max_images or profile_max // 2
-    if 2 * max_images > profile_max:
-        raise ValueError(f"--max-images {max_images}: the engines' profile takes at most {profile_max} rows, and "
-                         f"guidance doubles every batch; use --max-images {profile_max // 2} or less")
+    check_max_images(max_images, profile_max)
     batched = not layout.feeds_time_group
     denoisers = [Denoiser(f"tqdit_denoiser_g{e['time_group']}" if batched else "tqdit_denoiser",
                           e["time_group"], batched) for e in entries]
@@ -227,15 +225,27 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
         info = {"version": REPOSITORY_VERSION, "source": str(source), "runtime": kind, "layout": layout.value,
                 "platform": platform, "model": manifest.raw["model"], "max_images": max_images,
                 "models": [SAMPLER_MODEL] + [d.name for d in denoisers], "files": files,
-                "options": asdict(options)}
+                "options": asdict(options),
+                # Every file the server reads (configs, model.py, pipeline.json, graphs, data, plans),
+                # checked before a server starts (read_repository(verify=True)).
+                "sha256": {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*"))
+                           if p.is_file()}}
         (tmp / REPOSITORY_MARKER).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
 
 
+def check_max_images(max_images: int | None, profile_max: int) -> None:
+    """Refuse more images per request than the engines' profile takes (None: the default, half of it)."""
+    if max_images and 2 * max_images > profile_max:
+        raise ValueError(f"--max-images {max_images}: the engines' profile takes at most {profile_max} rows, and "
+                         f"guidance doubles every batch; use --max-images {profile_max // 2} or less")
+
+
 def read_repository(repo: str | Path, verify: bool = False) -> dict:
     """The marker of a repository written by `write_repository`, or an error saying how to write one.
-    `verify`: every graph and engine it copied is checked against the sha256 the marker recorded
-    (a model file edited or replaced in the repository is refused before a server loads it)."""
+    `verify`: every file it wrote (configs, model code, pipeline.json, graphs, their data, engines) is
+    checked against the sha256 the marker recorded: a file edited or replaced in the repository is
+    refused before a server loads it (a repository written before that record: its graphs and engines)."""
     path = Path(repo) / REPOSITORY_MARKER
     if not path.is_file():
         raise FileNotFoundError(f"--repo {repo}: no {REPOSITORY_MARKER}; write the repository with "
@@ -246,8 +256,10 @@ def read_repository(repo: str | Path, verify: bool = False) -> dict:
         raise ValueError(f"{path}: not a readable repository marker ({err}); write the repository again with "
                          "`tqdit triton-repo`") from err
     if verify:
-        for model, entry in (marker.get("files") or {}).items():
-            verified_file(Path(repo) / model / "1", entry["file"], entry.get("sha256"), "model file of the repository")
+        recorded = marker.get("sha256") or {f"{model}/1/{e['file']}": e.get("sha256")
+                                            for model, e in (marker.get("files") or {}).items()}
+        for name, sha256 in recorded.items():
+            verified_file(repo, name, sha256, "file of the repository")
     return marker
 
 

@@ -20,6 +20,7 @@ run on numpy 1.x, the reverse does not hold.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -149,8 +150,11 @@ def check_ports_free(host: str, ports: dict[str, int]) -> None:
             try:
                 s.bind((host, port))
             except OSError as err:
-                raise ValueError(f"{flag} {port}: cannot listen on {host}:{port} ({err.strerror}); another server "
-                                 "holds it: stop it or pick another port") from err
+                if err.errno == errno.EADDRINUSE:
+                    raise ValueError(f"{flag} {port}: {host}:{port} is in use; another server holds it: stop it "
+                                     "or pick another port") from err
+                raise ValueError(f"{flag} {port} on --host {host}: cannot listen there "
+                                 f"({err.strerror or err}); give an address of this machine") from err
 
 
 class StartCancelled(Exception):
@@ -198,6 +202,10 @@ class TritonServer:
     @property
     def grpc_url(self) -> str:
         return f"{self._url_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self._url_host}:{self.metrics_port}"
 
     @property
     def _url_host(self) -> str:
@@ -281,16 +289,19 @@ class TritonServer:
             try:
                 self.process.wait(self.exit_timeout + 5)
             except subprocess.TimeoutExpired:
-                self._kill_group()
-                self.process.wait()
+                pass
+        # Whatever of its group is left (the server past its timeout, stubs of a server that died) goes too.
+        self._kill_group()
+        self.process.wait()
         return self.process.returncode
 
     def _kill_group(self) -> None:
         """SIGKILL the server and its backend stubs (its own process group), not the server alone."""
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            self.process.kill()
+        except (ProcessLookupError, PermissionError):  # the group is gone already
+            if self.process.poll() is None:
+                self.process.kill()
 
     def log_tail(self, lines: int = 40) -> str:
         try:
