@@ -249,3 +249,34 @@ def test_a_server_asked_to_stop_while_loading_stops_without_waiting_for_ready(re
         assert not server.alive() and server.process.returncode is not None
     finally:
         server.close()
+
+
+def test_another_server_on_the_port_is_not_taken_for_ours(repo):
+    """The readiness check reads the server's --id back from /v2: a foreign server answering ready is not ours."""
+    import http.server
+    import threading
+
+    class Foreign(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            body = json.dumps({"name": "someone-else", "version": "2.51.0"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    foreign = http.server.HTTPServer(("127.0.0.1", 0), Foreign)
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    try:
+        server = TritonServer(repo, foreign.server_port, free_port(), free_port())
+        try:
+            assert not server.ready()
+            server.server_id = "someone-else"  # what ready() would see from that server if it were ours
+            assert server.ready()
+        finally:
+            server.close()
+    finally:
+        foreign.shutdown()
+        foreign.server_close()

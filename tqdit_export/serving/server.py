@@ -21,6 +21,7 @@ run on numpy 1.x, the reverse does not hold.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -194,6 +196,9 @@ class TritonServer:
         self.inherit_output = log == "-"  # the server writes to this process's stdout/stderr
         self.log_path = Path(log) if log and log != "-" else Path(self._scratch.name) / "tritonserver.log"
         self.process: subprocess.Popen | None = None
+        # Passed as --id and read back from /v2: the readiness check answers for this server only,
+        # not for another one that took the port between the port check and tritonserver's bind.
+        self.server_id = f"tqdit-{uuid.uuid4().hex[:12]}"
 
     @property
     def http_url(self) -> str:
@@ -216,7 +221,8 @@ class TritonServer:
                 "--http-address", self.host, "--http-port", str(self.http_port),
                 "--grpc-address", self.host, "--grpc-port", str(self.grpc_port),
                 "--metrics-address", self.host, "--metrics-port", str(self.metrics_port),
-                "--exit-timeout-secs", str(self.exit_timeout), "--log-verbose", "0", *self.extra_args]
+                "--exit-timeout-secs", str(self.exit_timeout), "--log-verbose", "0", "--id", self.server_id,
+                *self.extra_args]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -270,11 +276,14 @@ class TritonServer:
         return f"the end of its log ({self.log_path}):\n{self.log_tail()}"
 
     def ready(self) -> bool:
-        """Whether the server answers /v2/health/ready with 200 (every model loaded)."""
+        """Whether this server (its --id at /v2) answers /v2/health/ready with 200 (every model loaded)."""
         try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=2) as r:
+                if json.loads(r.read()).get("name") != self.server_id:
+                    return False
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
                 return r.status == 200
-        except (urllib.error.URLError, ConnectionError, OSError):
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
             return False
 
     def alive(self) -> bool:
