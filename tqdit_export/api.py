@@ -68,8 +68,8 @@ def spec_of_config(config: dict, name: str = "", pixel_space: bool | None = None
                    cfg_channels: int | None = None) -> ModelSpec:
     """The spec of a model from its config dict (an export manifest's `model.config`).
 
-    `pixel_space` default: the registry's rule for a user checkpoint (the digits architecture,
-    1 channel 8x8 with 10 classes, samples pixels; anything else latents).
+    `pixel_space` default: the digits rule (`is_digits_architecture`: 1 channel 8x8 with 10
+    classes samples pixels; anything else latents).
     """
     c, size, classes = int(config["in_channels"]), int(config["input_size"]), int(config["num_classes"])
     if pixel_space is None:

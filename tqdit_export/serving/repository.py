@@ -56,7 +56,7 @@ class RepositoryOptions:
     dynamic_batching: bool = True
     queue_delay_us: int = 2000
     threads: int = 0  # ONNX Runtime intra-op threads per denoiser instance; 0: ORT's default
-    # Defaults: what the export recorded (`model.sampling`), else the registry's rule and all channels.
+    # Defaults: what the export recorded (`model.sampling`), else the digits rule and all channels.
     pixel_space: bool | None = None
     cfg_channels: int | None = None
 
@@ -192,7 +192,7 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
     denoisers = [Denoiser(f"tqdit_denoiser_g{e['time_group']}" if batched else "tqdit_denoiser",
                           e["time_group"], batched) for e in entries]
     with atomic_folder(out, REPOSITORY_MARKER) as tmp:
-        files = {}
+        files: dict[str, str] = {}  # denoiser model -> the graph or plan it loads
         for d, entry in zip(denoisers, entries):
             version = tmp / d.name / "1"
             version.mkdir(parents=True)
@@ -202,7 +202,7 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
                 params = {}
                 if layout is Layout.PLUGIN:  # TensorRT's backend loads the C++ plugin: --backend-config=tensorrt,plugins=
                     params["plugin_library"] = "libtqdit_trt_plugins.so"
-                files[d.name] = {"file": "model.plan", "sha256": file_sha256(version / "model.plan")}
+                files[d.name] = "model.plan"
             else:
                 graph = graph_path(export, entry)
                 shutil.copy2(graph, version / "model.onnx")
@@ -211,7 +211,7 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
                 (version / "model.py").write_text(ORT_DENOISER_MODEL_PY)
                 params = {"graph": "model.onnx", "threads": str(options.threads),
                           "expand_plugin_nodes": "1" if layout is Layout.PLUGIN else "0"}
-                files[d.name] = {"file": "model.onnx", "sha256": file_sha256(version / "model.onnx")}
+                files[d.name] = "model.onnx"
             (tmp / d.name / "config.pbtxt").write_text(
                 denoiser_config(d, spec, platform, 2 * max_images, options, params))
         version = tmp / SAMPLER_MODEL / "1"
@@ -222,14 +222,14 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
                     "max_images": max_images, "denoisers": [asdict(d) for d in denoisers]}
         (version / PIPELINE_JSON).write_text(json.dumps(pipeline, indent=2, sort_keys=True) + "\n")
         (tmp / SAMPLER_MODEL / "config.pbtxt").write_text(sampler_config(spec, max_images, options))
+        # Every file the server reads (configs, model.py, pipeline.json, graphs, data, plans), hashed
+        # once and checked before a server starts (read_repository(verify=True)).
+        hashes = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         info = {"version": REPOSITORY_VERSION, "source": str(source), "runtime": kind, "layout": layout.value,
                 "platform": platform, "model": manifest.raw["model"], "max_images": max_images,
-                "models": [SAMPLER_MODEL] + [d.name for d in denoisers], "files": files,
-                "options": asdict(options),
-                # Every file the server reads (configs, model.py, pipeline.json, graphs, data, plans),
-                # checked before a server starts (read_repository(verify=True)).
-                "sha256": {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*"))
-                           if p.is_file()}}
+                "models": [SAMPLER_MODEL] + [d.name for d in denoisers],
+                "files": {name: {"file": f, "sha256": hashes[f"{name}/1/{f}"]} for name, f in files.items()},
+                "options": asdict(options), "sha256": hashes}
         (tmp / REPOSITORY_MARKER).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
 

@@ -139,8 +139,8 @@ def free_port() -> int:
 
 
 def check_ports_free(host: str, ports: dict[str, int]) -> None:
-    """Refuse ports that are taken or given twice, before a server starts: a server already on the
-    HTTP port would otherwise answer the readiness check for ours."""
+    """Refuse ports that are taken or given twice, before a server starts: a clear error naming the
+    flag, instead of a tritonserver that exits on its bind failure."""
     seen: dict[int, str] = {}
     for flag, port in ports.items():
         if port in seen:
@@ -262,8 +262,7 @@ class TritonServer:
             if should_stop is not None and should_stop():
                 status = self.stop()
                 raise StartCancelled(f"stopped while its models loaded (tritonserver exit status {status})")
-            # Ready, and still our process: another server on the port must not pass for ours.
-            if self.ready() and self.process.poll() is None:
+            if self.ready():  # ours: ready() reads this server's --id back
                 return self
             time.sleep(0.25)
         self.stop()
