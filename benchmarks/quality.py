@@ -273,11 +273,11 @@ def forms_table(cells: list[dict]) -> list[str]:
                 lines.append(f"| {bits} | {row} | {what} | none | not measured | | | |")
                 continue
             seeds = [s for s, _ in group]
-            diffs = [c["psnr_vs_fp"] - at100[("tqdit", bits, s)]["psnr_vs_fp"] for s, c in group
-                     if ("tqdit", bits, s) in at100]
+            paired = {s: c["psnr_vs_fp"] - at100[("tqdit", bits, s)]["psnr_vs_fp"] for s, c in group
+                      if ("tqdit", bits, s) in at100}  # seed -> PSNR difference to the paper forms
             delta = "—" if row == "tqdit" else (
-                f"{statistics.mean(diffs):+.2f} (seeds {', '.join(str(s) for s, _ in group if ('tqdit', bits, s) in at100)})"
-                if diffs else "no paired seed")
+                f"{statistics.mean(paired.values()):+.2f} (seeds {', '.join(map(str, paired))})"
+                if paired else "no paired seed")
             lines.append(f"| {bits} | {row} | {what} | {', '.join(map(str, seeds))} | "
                          f"{mean_std([c['fd'] for _, c in group], 3)} | {mean_std([c['accuracy'] for _, c in group], 3)} | "
                          f"{mean_std([c['psnr_vs_fp'] for _, c in group], 2)} | {delta} |")
