@@ -77,6 +77,54 @@ def test_build_refuses_a_record_of_another_model(tiny_checkpoint, tmp_path, make
     assert "record" in capsys.readouterr().err and not out.exists()
 
 
+def test_the_plugin_choice_is_refused_before_any_work_when_it_cannot_work(tiny_checkpoint, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.delenv("TQDIT_TRT_PLUGIN_LIB", raising=False)
+    base = ["build", "--model", str(tiny_checkpoint), "--groups", "2", "--out", str(tmp_path / "build"), "--quiet"]
+    # A plugin library that is not there: named, before calibration or export.
+    missing = tmp_path / "libtqdit_trt_plugins.so"
+    assert main(base + ["--layout", "plugin", "--plugin-library", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    monkeypatch.setenv("TQDIT_TRT_PLUGIN_LIB", str(missing))
+    assert main(base + ["--layout", "plugin"]) == 2
+    assert str(missing) in capsys.readouterr().err
+    monkeypatch.delenv("TQDIT_TRT_PLUGIN_LIB")
+    # Engines for Triton built with the Python plugin: Triton's TensorRT backend could not load them.
+    assert main(base + ["--layout", "plugin", "--triton", str(tmp_path / "repo")]) == 2
+    err = capsys.readouterr().err
+    assert "--plugin-library" in err and "--layout per-group" in err
+    assert not (tmp_path / "build").exists() and not (tmp_path / "repo").exists()
+
+
+def test_plugin_record_copies_the_library_the_engines_are_built_with(tmp_path, monkeypatch):
+    from tqdit_export.build import plugin_record
+    from tqdit_export.io import file_sha256
+    from tqdit_export.onnx.manifest import BuildManifest
+
+    monkeypatch.delenv("TQDIT_TRT_PLUGIN_LIB", raising=False)
+    assert plugin_record(tmp_path / "b0", None) == ({"kind": "python", "module": "trt_plugins.python_plugin"}, None)
+    assert not (tmp_path / "b0").exists()
+    library = tmp_path / "libtqdit_trt_plugins.so"
+    library.write_bytes(b"\x7fELF not really")
+    monkeypatch.setenv("TQDIT_TRT_PLUGIN_LIB", str(library))  # the variable counts as the flag does
+    folder = tmp_path / "build"
+    record, copy = plugin_record(folder, None)
+    assert copy == folder / "plugins" / library.name and copy.read_bytes() == library.read_bytes()
+    assert record == {"kind": "library", "file": f"plugins/{library.name}", "sha256": file_sha256(copy)}
+    # The build's reading of it: the copy, checked against the recorded sha256.
+    (folder / "build.json").write_text(json.dumps({"engines": [{"file": "engines/a.plan", "time_group": "input"}],
+                                                   "layout": "plugin", "time_groups": [0, 1000],
+                                                   "plugin": record}))
+    build = BuildManifest.read(folder)
+    assert build.plugin_library() == copy
+    copy.write_bytes(b"another library")
+    with pytest.raises(ValueError, match="plugin library was changed"):
+        build.plugin_library()
+    python = BuildManifest.read(folder)
+    python.raw["plugin"] = {"kind": "python"}
+    assert python.plugin_library() is None
+
+
 def test_doctor_reports_what_this_machine_can_run(capsys):
     assert main(["doctor", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

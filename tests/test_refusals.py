@@ -227,10 +227,12 @@ def test_edge_entry_point_refuses_missing_or_engineless_builds(tmp_path, capsys)
 def test_edge_entry_point_ctrl_c_is_130_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
     import tqdit_export.edge.__main__ as edge
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    class Interrupted:  # Ctrl-C while the export is read
+        @staticmethod
+        def read(*args, **kwargs):
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr("tqdit_export.edge.ort_runtime.OrtDenoiser", interrupted)
+    monkeypatch.setattr(edge, "ExportManifest", Interrupted)
     assert edge.main(["--onnx", str(tmp_path), "--out", str(tmp_path / "s.npz")]) == 130
     assert "interrupted; nothing was written" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):

@@ -5,6 +5,7 @@ The output folder:
     onnx/         the export (manifest.json + graphs of the target's layout)
     lint.json     TensorRT-conformance findings per graph
     engines/      serialized engines (only where TensorRT and a GPU are present)
+    plugins/      plugin layout with the C++ plugin: the library the engines were built with
     build.json    what was built, from what (hashes), for which target, TensorRT version, GPU, sizes
 
 Everything that needs neither TensorRT nor a GPU is produced first; when either is
@@ -163,6 +164,7 @@ def _build_engines(folder: Path, manifest: dict, spec: Target, layout: str, plug
     trt = import_tensorrt(builder=True)
     gpu = build_gpu()
     check_precision_supported(trt.__version__, precision, gpu)
+    plugin, library = plugin_record(folder, plugin_library) if layout == Layout.PLUGIN else (None, None)
     # TensorRT 11 has only strongly typed networks; the weak INT8 path is for 10.x (JetPack 6).
     strongly_typed = spec.strongly_typed or trt_major(trt) >= 11
     settings = BuildSettings(strongly_typed=strongly_typed, max_batch=spec.max_batch, fp8=precision == "fp8")
@@ -170,11 +172,28 @@ def _build_engines(folder: Path, manifest: dict, spec: Target, layout: str, plug
     engines = []
     for graph in in_group_order(manifest["graphs"], folder / "onnx"):
         plan = build_engine(folder / "onnx" / graph["file"], folder / "engines", settings,
-                            plugin_library=plugin_library if layout == Layout.PLUGIN else None,
-                            load_plugin=layout == Layout.PLUGIN)
+                            plugin_library=library, load_plugin=layout == Layout.PLUGIN)
         engines.append({"file": f"engines/{plan.name}", "time_group": graph["time_group"],
                         "timesteps": graph.get("timesteps"), "sha256": file_sha256(plan),
                         "bytes": plan.stat().st_size})
     return {"status": "complete", "tensorrt": trt.__version__, "strongly_typed": strongly_typed, "gpu": gpu.name,
             "compute_capability": gpu.compute_capability, "engines": engines,
-            "seconds_engines": round(time.perf_counter() - start, 2)}
+            "seconds_engines": round(time.perf_counter() - start, 2), **({"plugin": plugin} if plugin else {})}
+
+
+def plugin_record(folder: Path, plugin_library: Path | None) -> tuple[dict, Path | None]:
+    """Which TimeGroupQuantize the plugin-layout engines of `folder` are built with, as build.json
+    records it, and the library file to build them with (None: the Python plugin).
+
+    The C++ library (`plugin_library`, else $TQDIT_TRT_PLUGIN_LIB) is copied into the build's
+    plugins/ first and the engines are built against that copy, so the folder carries the very
+    library its engines need wherever it goes (the edge runtime and the Triton repository load it)."""
+    from .edge.trt_runtime import chosen_plugin_library
+
+    chosen = chosen_plugin_library(plugin_library)
+    if chosen is None:
+        return {"kind": "python", "module": "trt_plugins.python_plugin"}, None
+    copy = folder / "plugins" / chosen.name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(chosen, copy)
+    return {"kind": "library", "file": f"plugins/{chosen.name}", "sha256": file_sha256(copy)}, copy

@@ -323,6 +323,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         parse_bits(args.bits)
         check_counts(args, "groups", "samples_per_group", "rounds", "trajectory_steps")
     check_output_folder(args.out, BUILD_MANIFEST)
+    check_plugin_choice(args)
     if args.triton is not None:  # its options and folder are refused before any work, too
         from .serving.repository import REPOSITORY_MARKER, check_max_images
 
@@ -369,12 +370,29 @@ def cmd_build(args: argparse.Namespace) -> int:
         return status
     print(f"built {len(info['engines'])} engine(s) with TensorRT {info['tensorrt']} on {info['gpu']}")
     if args.triton is not None:
-        from .serving.repository import lint_repository, write_repository
+        from .serving.repository import write_repository
 
-        repo = write_repository(args.out, args.triton, triton_options)
-        print(f"wrote a Triton repository ({', '.join(repo['models'])}) to {args.triton}")
-        return _lint_report(args.triton, lint_repository)
+        return _report_repository(write_repository(args.out, args.triton, triton_options), args.triton)
     return 0
+
+
+def check_plugin_choice(args: argparse.Namespace) -> None:
+    """Before any work: the plugin layout's C++ library exists (--plugin-library, else
+    $TQDIT_TRT_PLUGIN_LIB), and engines meant for Triton are not built with the Python plugin,
+    which Triton's C++ TensorRT backend cannot run."""
+    from .edge.trt_runtime import chosen_plugin_library
+    from .onnx.manifest import Layout
+
+    layout = Layout.of(args.layout or target(args.target).layout, "--layout")
+    if layout is not Layout.PLUGIN:
+        if args.plugin_library is not None:
+            print(f"tqdit build: note: --plugin-library {args.plugin_library} is not used: the {layout.value} "
+                  "layout's engines need no plugin", file=sys.stderr)
+        return
+    if chosen_plugin_library(args.plugin_library) is None and args.triton is not None:
+        raise UsageError(f"--triton {args.triton} with --layout plugin: Triton's TensorRT backend (C++) cannot run "
+                         "engines built with the Python plugin (tensorrt.plugin, the default); pass --plugin-library "
+                         "libtqdit_trt_plugins.so (cmake -S trt_plugins/csrc), or use --layout per-group")
 
 
 def add_repository_arguments(parser: argparse.ArgumentParser) -> None:
@@ -410,14 +428,23 @@ def repository_options(args: argparse.Namespace):
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
-    from .serving.repository import REPOSITORY_MARKER, lint_repository, write_repository
+    from .serving.repository import REPOSITORY_MARKER, write_repository
 
     options = repository_options(args)
     check_output_folder(args.out, REPOSITORY_MARKER)
-    info = write_repository(args.source, args.out, options)
+    return _report_repository(write_repository(args.source, args.out, options), args.out)
+
+
+def _report_repository(info: dict, repo: Path) -> int:
+    """What `write_repository` wrote, the server flags it needs, and the config linter's findings."""
+    from .serving.repository import backend_config_args, lint_repository
+
     print(f"wrote a Triton repository ({info['runtime']}, {info['layout']} layout, models "
-          f"{', '.join(info['models'])}; up to {info['max_images']} images per request) to {args.out}")
-    return _lint_report(args.out, lint_repository)
+          f"{', '.join(info['models'])}; up to {info['max_images']} images per request) to {repo}")
+    for flag in backend_config_args(repo, info):
+        print(f"  its engines need the TimeGroupQuantize plugin: start tritonserver with {flag} "
+              "(`tqdit serve` adds it)")
+    return _lint_report(repo, lint_repository)
 
 
 def _lint_report(repo: Path, lint) -> int:
@@ -678,7 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="type of the non-quantized ops; default: fp16 where the network is strongly typed "
                         "(h100, a100, l40s, and every target on TensorRT 11), fp32 on orin/orin-nano with 10.x")
     b.add_argument("--plugin-library", type=Path, default=None,
-                   help="libtqdit_trt_plugins.so for the plugin layout (default: the Python plugin)")
+                   help="libtqdit_trt_plugins.so for the plugin layout, copied into the build (default: "
+                        "$TQDIT_TRT_PLUGIN_LIB, else the Python plugin, which Triton cannot run)")
     b.add_argument("--out", type=Path, required=True, help="build folder to write")
     b.add_argument("--triton", type=Path, default=None, metavar="DIR",
                    help="also write a Triton model repository of the engines to DIR (see `tqdit triton-repo`)")

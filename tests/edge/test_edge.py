@@ -111,3 +111,24 @@ def test_a_graph_changed_after_export_is_refused_when_loaded(export_dir, tmp_pat
     (tampered / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"manifest\.json: not a readable manifest"):
         OrtDenoiser(tampered)
+
+
+def test_the_edge_refuses_class_and_guided_channels_before_loading(export_dir, tmp_path, capsys):
+    """The manifest answers both questions: a graph that would fail to load is never reached."""
+    import shutil
+
+    from tqdit_export.edge.__main__ import main as edge_main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(export_dir, broken)
+    for graph in broken.glob("*.onnx"):
+        graph.write_bytes(b"not a graph")  # loading any of them would be refused for its sha256
+    out = tmp_path / "s.npz"
+    assert edge_main(["--onnx", str(broken), "--cfg-channels", "99", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cfg_channels 99" in err and "changed" not in err
+    assert edge_main(["--onnx", str(broken), "--class", "10", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--class 10" in err and "changed" not in err
+    assert edge_main(["--onnx", str(broken), "--out", str(out)]) == 2  # and the graph is refused when loaded
+    assert "changed" in capsys.readouterr().err and not out.exists()

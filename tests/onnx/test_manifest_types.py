@@ -37,3 +37,15 @@ def test_a_bad_build_manifest_is_refused_with_its_name(tmp_path, fields, message
 def test_layouts_feed_the_group_only_where_one_graph_serves_all():
     assert [layout.feeds_time_group for layout in Layout] == [False, True, True]
     assert Layout.of("plugin") is Layout.PLUGIN and Layout("single") == "single"
+
+
+@pytest.mark.parametrize("name", ["../outside.plan", "engines/../../outside.plan", "/etc/hostname", ""])
+def test_a_file_name_outside_the_folder_is_refused(tmp_path, name):
+    from tqdit_export.onnx.manifest import verified_bytes, verified_file
+
+    (tmp_path / "outside.plan").write_bytes(b"x")  # there, but not inside the build folder
+    folder = tmp_path / "build"
+    folder.mkdir()
+    for read in (verified_file, verified_bytes):
+        with pytest.raises(ValueError, match="not a path inside the folder"):
+            read(folder, name, None, "engine")

@@ -50,20 +50,89 @@ def test_without_dynamic_batching_and_an_existing_foreign_folder(digits_export, 
     assert "tqdit export" in capsys.readouterr().err and not (tmp_path / "r2").exists()
 
 
-def _fake_build(export, folder, max_batch=64):
-    """A `tqdit build` folder as a GPU machine leaves it: build.json naming one engine per group."""
+def _fake_build(export, folder, max_batch=64, plugin=None):
+    """A `tqdit build` folder as a GPU machine leaves it: build.json naming one engine per graph
+    (and, for the plugin layout, the plugin record `plugin`)."""
     shutil.copytree(export, folder / "onnx")
     (folder / "engines").mkdir()
     manifest = json.loads((export / "manifest.json").read_text())
     engines = []
-    for g in manifest["graphs"]:
-        plan = folder / "engines" / f"g{g['time_group']}.plan"
-        plan.write_bytes(b"not a real plan " + bytes([g["time_group"]]))
+    for i, g in enumerate(manifest["graphs"]):
+        plan = folder / "engines" / f"g{i}.plan"
+        plan.write_bytes(b"not a real plan " + bytes([i]))
         engines.append({"file": f"engines/{plan.name}", "time_group": g["time_group"], "sha256": file_sha256(plan)})
-    (folder / "build.json").write_text(json.dumps({"status": "complete", "engines": engines,
-                                                   "layout": manifest["layout"], "time_groups": manifest["time_groups"],
-                                                   "target": {"name": "h100", "max_batch": max_batch}}))
+    info = {"status": "complete", "engines": engines, "layout": manifest["layout"],
+            "time_groups": manifest["time_groups"], "target": {"name": "h100", "max_batch": max_batch}}
+    if plugin is not None:
+        info["plugin"] = plugin
+    (folder / "build.json").write_text(json.dumps(info))
     return folder
+
+
+@pytest.fixture(scope="module")
+def plugin_export(digits_export, tmp_path_factory):
+    record, _ = digits_export
+    export = tmp_path_factory.mktemp("plugin") / "onnx"
+    assert main(["export", "--model", "dit-digits", "--record", str(record), "--layout", "plugin",
+                 "--out", str(export)]) == 0
+    return export
+
+
+def test_plugin_engines_serve_with_the_builds_c_plus_plus_plugin(plugin_export, tmp_path, capsys):
+    from tqdit_export.serving.repository import backend_config_args
+
+    library = tmp_path / "build" / "plugins" / "libtqdit_trt_plugins.so"
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"\x7fELF the plugin")
+    build = _fake_build(plugin_export, tmp_path / "build", plugin={
+        "kind": "library", "file": "plugins/libtqdit_trt_plugins.so", "sha256": file_sha256(library)})
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", "--from", str(build), "--out", str(repo)]) == 0
+    out = capsys.readouterr().out
+    info = read_repository(repo, verify=True)
+    assert info["models"] == ["tqdit_sampler", "tqdit_denoiser"]
+    copy = repo / "tqdit_denoiser" / "1" / "libtqdit_trt_plugins.so"
+    assert copy.read_bytes() == library.read_bytes() and info["plugins"] == ["tqdit_denoiser/1/libtqdit_trt_plugins.so"]
+    flags = backend_config_args(repo, info)
+    assert flags == [f"--backend-config=tensorrt,plugins={copy.resolve()}"] and flags[0] in out
+    assert lint_repository(repo) == []
+    # The per-group repositories need no flag.
+    assert backend_config_args(repo, {"plugins": []}) == []
+
+    # The server started over it loads the plugin, unless the caller names the backend's plugins itself.
+    from tqdit_export.serving.server import TritonServer, find_tritonserver, stub_environment_path
+
+    try:
+        find_tritonserver()
+    except FileNotFoundError:
+        pytest.skip("no tritonserver to build a command line for: run `make setup`")
+    if not (stub_environment_path() / "bin" / "python3").is_file():
+        pytest.skip("no stub environment: run `make setup`")
+    assert flags[0] in TritonServer(repo).command(tmp_path / "backends")
+    own = "--backend-config=tensorrt,plugins=/opt/mine.so"
+    command = TritonServer(repo, extra_args=(own,)).command(tmp_path / "backends")
+    assert own in command and flags[0] not in command
+
+
+@pytest.mark.parametrize("plugin,why", [({"kind": "python", "module": "trt_plugins.python_plugin"}, "Python plugin"),
+                                        (None, "do not record which plugin")])
+def test_plugin_engines_triton_cannot_load_are_refused(plugin_export, tmp_path, plugin, why):
+    build = _fake_build(plugin_export, tmp_path / "build", plugin=plugin)
+    with pytest.raises(ValueError, match=f"{why}.*--plugin-library.*--layout per-group"):
+        write_repository(build, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_plugin_library_changed_in_the_build_is_refused(plugin_export, tmp_path):
+    library = tmp_path / "build" / "plugins" / "libtqdit_trt_plugins.so"
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"\x7fELF the plugin")
+    build = _fake_build(plugin_export, tmp_path / "build", plugin={
+        "kind": "library", "file": "plugins/libtqdit_trt_plugins.so", "sha256": file_sha256(library)})
+    library.write_bytes(b"\x7fELF another build of it")
+    with pytest.raises(ValueError, match="plugin library was changed"):
+        write_repository(build, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
 
 
 def test_gpu_repository_serves_tensorrt_plans_and_passes_the_schema(digits_export, tmp_path):

@@ -17,6 +17,7 @@ from ..api import spec_of_export
 from ..diffusion.schedule import SAMPLERS, SamplerConfig
 from ..errors import UsageError, run_command
 from ..io import check_output_file, save_samples
+from ..onnx.manifest import BuildManifest, ExportManifest
 from ..diffusion.loop import sample_numpy
 
 
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--engines", type=Path, help="a `tqdit build` folder (TensorRT engines)")
     src.add_argument("--onnx", type=Path, help="an export folder, run with ONNX Runtime")
-    p.add_argument("--plugin-library", type=Path, help="libtqdit_trt_plugins.so for plugin-layout engines")
+    p.add_argument("--plugin-library", type=Path, help="libtqdit_trt_plugins.so for plugin-layout engines "
+                   "(default: the copy `tqdit build --plugin-library` put in the build folder)")
     p.add_argument("--num", type=int, default=10)
     p.add_argument("--class", dest="cls", type=int, default=None, help="one class for every sample (default: all)")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
@@ -51,19 +53,10 @@ def run(args: argparse.Namespace) -> int:
         if value < 1:
             raise UsageError(f"{flag} {value}: must be at least 1")
     check_output_file(args.out)  # before the engines load and the sampling runs
-    SamplerConfig(args.sampler, args.steps, args.cfg, cfg_channels=args.cfg_channels)  # refused before loading
-    if args.engines:
-        from .trt_runtime import TrtDenoiser
-
-        denoiser = TrtDenoiser(args.engines, args.plugin_library)
-        manifest = denoiser.build
-    else:
-        from .ort_runtime import OrtDenoiser
-
-        denoiser = OrtDenoiser(args.onnx)
-        manifest = denoiser.manifest
     # The flags, else what the export recorded (3 guided channels and latents for facebookresearch/DiT
     # checkpoints), else the digits rule and every channel: the one resolution the API and server use.
+    # Read from the manifest, so --class and --cfg-channels are refused before the engines or graphs load.
+    manifest = BuildManifest.read(args.engines) if args.engines else ExportManifest.read(args.onnx)
     spec = spec_of_export(manifest, False if args.latent else None, args.cfg_channels)
     cfg_channels = spec.cfg_channels
     num_classes = spec.num_classes
@@ -72,6 +65,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--class {args.cls}: this model has classes 0..{num_classes - 1}")
     sampler = SamplerConfig(args.sampler, args.steps, args.cfg, clip_denoised=spec.pixel_space,
                             cfg_channels=cfg_channels)
+    if args.engines:
+        from .trt_runtime import TrtDenoiser
+
+        denoiser = TrtDenoiser(args.engines, args.plugin_library)
+    else:
+        from .ort_runtime import OrtDenoiser
+
+        denoiser = OrtDenoiser(args.onnx)
     start = time.perf_counter()
     images = sample_numpy(denoiser, labels, spec.shape, sampler, num_classes, args.seed)
     elapsed = time.perf_counter() - start

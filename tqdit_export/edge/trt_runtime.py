@@ -51,14 +51,26 @@ def trt_major(trt: ModuleType) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
-def load_plugin_library(trt: ModuleType, library: str | Path) -> None:
-    """Load libtqdit_trt_plugins.so (the C++ TimeGroupQuantize) into TensorRT's plugin registry."""
-    if not Path(library).exists():
+def _existing_library(library: str | Path) -> Path:
+    if not Path(library).is_file():
         raise FileNotFoundError(f"plugin library {library} does not exist; build it with "
                                 "`cmake -S trt_plugins/csrc -B build/trt_plugins && cmake --build build/trt_plugins`")
+    return Path(library)
+
+
+def load_plugin_library(trt: ModuleType, library: str | Path) -> None:
+    """Load libtqdit_trt_plugins.so (the C++ TimeGroupQuantize) into TensorRT's plugin registry."""
+    _existing_library(library)
     if trt.get_plugin_registry().load_library(str(library)) is None:
         raise RuntimeError(f"TensorRT could not load the plugin library {library} (built for another TensorRT "
                            "or CUDA?); see the log above")
+
+
+def chosen_plugin_library(plugin_library: str | Path | None = None) -> Path | None:
+    """The C++ plugin library asked for: `plugin_library`, else $TQDIT_TRT_PLUGIN_LIB, else None
+    (the `tensorrt.plugin` Python variant). A library that does not exist is refused here."""
+    library = plugin_library or os.environ.get(PLUGIN_LIBRARY_ENV)
+    return _existing_library(library) if library else None
 
 
 def load_time_group_plugin(trt: ModuleType, plugin_library: str | Path | None = None,
@@ -66,7 +78,7 @@ def load_time_group_plugin(trt: ModuleType, plugin_library: str | Path | None = 
     """Register TimeGroupQuantize: the C++ library when given (or $TQDIT_TRT_PLUGIN_LIB), else the
     `tensorrt.plugin` Python variant (TensorRT >= 10.7; its kernel runs with torch, so the torch-free
     edge passes `python_fallback=False`). Returns which one was registered."""
-    library = plugin_library or os.environ.get(PLUGIN_LIBRARY_ENV)
+    library = chosen_plugin_library(plugin_library)
     if library:
         load_plugin_library(trt, library)
         return str(library)
@@ -270,8 +282,8 @@ class TrtDenoiser:
             raise RuntimeError("the edge runtime needs pycuda (pip install pycuda) beside TensorRT "
                                "(JetPack ships TensorRT)") from err
         trt = import_tensorrt()
-        if self.build.layout is Layout.PLUGIN:
-            load_time_group_plugin(trt, plugin_library, python_fallback=False)
+        if self.build.layout is Layout.PLUGIN:  # the library given, else the build's own copy
+            load_time_group_plugin(trt, plugin_library or self.build.plugin_library(), python_fallback=False)
         folder = self.build.folder
         self.runtime, engines = deserialize_engines(trt, [(str(folder / e["file"]),
                                                            verified_bytes(folder, e["file"], e.get("sha256")))

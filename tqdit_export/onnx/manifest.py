@@ -6,7 +6,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from calibration.time_groups import TimeGroups
 
@@ -58,6 +58,12 @@ LAYOUTS = tuple(layout.value for layout in Layout)  # the names, as the CLI offe
 
 
 def _present(folder: str | Path, name: str, what: str) -> Path:
+    # A name is a relative path inside the folder: an absolute one or one climbing out with ".."
+    # would make readers load, and the writers that copy a folder write, files elsewhere.
+    parts = PurePosixPath(name).parts if isinstance(name, str) else ()
+    if not parts or name.startswith("/") or ".." in parts:
+        raise ValueError(f"{folder}: the manifest names the {what} {name!r}, which is not a path inside the folder; "
+                         "write the folder again")
     path = Path(folder) / name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the {what} named by the manifest is missing; write the folder again")
@@ -205,6 +211,25 @@ class BuildManifest:
     def sampling(self) -> dict:
         """The model's sampling defaults the build recorded (pixel_space, cfg_channels); {} if none."""
         return model_sampling(self.raw)
+
+    @property
+    def plugin(self) -> dict:
+        """Which TimeGroupQuantize the plugin-layout engines were built with: {"kind": "library",
+        "file", "sha256"} (the C++ library, copied into the build folder) or {"kind": "python"}
+        (`tensorrt.plugin`); {} for the other layouts and for builds written before it was recorded."""
+        plugin = self.raw.get("plugin") or {}
+        return dict(plugin) if isinstance(plugin, dict) else {}
+
+    def plugin_library(self) -> Path | None:
+        """The build's copy of the C++ plugin library, checked against its sha256; None when the
+        engines were built with the Python plugin or the build records none."""
+        plugin = self.plugin
+        if plugin.get("kind") != "library":
+            return None
+        if not isinstance(plugin.get("file"), str):
+            raise ValueError(f"{self.folder / BUILD_MANIFEST}: plugin.file {plugin.get('file')!r} is not a file name; "
+                             "build the folder again with `tqdit build`")
+        return verified_file(self.folder, plugin["file"], plugin.get("sha256"), "plugin library")
 
 
 def model_sampling(raw: dict) -> dict:

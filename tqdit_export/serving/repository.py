@@ -8,6 +8,8 @@
       tqdit_denoiser_g0/ ...         one per time group (per-group layout), or tqdit_denoiser (single/plugin)
         config.pbtxt
         1/model.plan                 TensorRT targets: platform tensorrt_plan
+        1/libtqdit_trt_plugins.so    plugin layout: the build's C++ plugin, which Triton loads with
+                                     --backend-config=tensorrt,plugins=... (`backend_config_args`)
         1/model.onnx + 1/model.py    CPU: a Python-backend model running the graph with ONNX Runtime
 
 The CPU denoisers are Python-backend models rather than `platform: onnxruntime_onnx`: the
@@ -188,11 +190,13 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
                          "image; build the engines again with `tqdit build` (its targets' profiles take 4 or more)")
     max_images = options.max_images or profile_max // 2
     check_max_images(max_images, profile_max)
+    plugin_library = _triton_plugin_library(build, source) if build is not None and layout is Layout.PLUGIN else None
     batched = not layout.feeds_time_group
     denoisers = [Denoiser(f"tqdit_denoiser_g{e['time_group']}" if batched else "tqdit_denoiser",
                           e["time_group"], batched) for e in entries]
     with atomic_folder(out, REPOSITORY_MARKER) as tmp:
         files: dict[str, str] = {}  # denoiser model -> the graph or plan it loads
+        plugins: list[str] = []  # libraries Triton's TensorRT backend must load, relative to the repository
         for d, entry in zip(denoisers, entries):
             version = tmp / d.name / "1"
             version.mkdir(parents=True)
@@ -200,14 +204,17 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
                 plan = verified_file(source, entry["file"], entry.get("sha256"), "engine")
                 shutil.copy2(plan, version / "model.plan")
                 params = {}
-                if layout is Layout.PLUGIN:  # TensorRT's backend loads the C++ plugin: --backend-config=tensorrt,plugins=
-                    params["plugin_library"] = "libtqdit_trt_plugins.so"
+                if plugin_library is not None:  # beside the plan: Triton serves only folders with a config.pbtxt
+                    shutil.copy2(plugin_library, version / plugin_library.name)
+                    plugins.append(f"{d.name}/1/{plugin_library.name}")
                 files[d.name] = "model.plan"
             else:
                 graph = graph_path(export, entry)
                 shutil.copy2(graph, version / "model.onnx")
                 if "external_data" in entry:  # the graph names its data file: keep the name beside it
-                    shutil.copy2(export / entry["external_data"], version / entry["external_data"])
+                    data = version / entry["external_data"]
+                    data.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(export / entry["external_data"], data)
                 (version / "model.py").write_text(ORT_DENOISER_MODEL_PY)
                 params = {"graph": "model.onnx", "threads": str(options.threads),
                           "expand_plugin_nodes": "1" if layout is Layout.PLUGIN else "0"}
@@ -229,9 +236,32 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
                 "platform": platform, "model": manifest.raw["model"], "max_images": max_images,
                 "models": [SAMPLER_MODEL] + [d.name for d in denoisers],
                 "files": {name: {"file": f, "sha256": hashes[f"{name}/1/{f}"]} for name, f in files.items()},
+                "plugins": plugins,
                 "options": asdict(options), "sha256": hashes}
         (tmp / REPOSITORY_MARKER).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
+
+
+def _triton_plugin_library(build: BuildManifest, source: Path) -> Path:
+    """The C++ plugin library of a plugin-layout build, which Triton's TensorRT backend loads, or an
+    error before anything is written: engines built with the Python plugin need a Python interpreter
+    in the process running them, which that backend (C++) does not have."""
+    library = build.plugin_library()
+    if library is None:
+        why = ("were built with the Python plugin (tensorrt.plugin)" if build.plugin.get("kind") == "python"
+               else "do not record which plugin built them (a build.json from before builds recorded it)")
+        raise ValueError(f"--from {source}: its plugin-layout engines {why}; Triton's TensorRT backend loads only "
+                         "the C++ plugin library: build them again with `tqdit build --layout plugin "
+                         "--plugin-library libtqdit_trt_plugins.so`, or with --layout per-group (no plugin, and "
+                         "Triton batches its requests)")
+    return library
+
+
+def backend_config_args(repo: str | Path, marker: dict) -> list[str]:
+    """The tritonserver flags a repository needs: its plugin libraries for the TensorRT backend,
+    by absolute path (`--backend-config=tensorrt,plugins=a.so;b.so`); [] when it has none."""
+    plugins = [str((Path(repo) / p).resolve()) for p in marker.get("plugins") or []]
+    return [f"--backend-config=tensorrt,plugins={';'.join(plugins)}"] if plugins else []
 
 
 def check_max_images(max_images: int | None, profile_max: int) -> None:

@@ -174,9 +174,9 @@ class TritonServer:
     def __init__(self, repo: str | Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                  host: str = "127.0.0.1", log: str | Path | None = None, install: TritonInstall | None = None,
                  exit_timeout: int = 10, extra_args: tuple[str, ...] = (), stub_env: str | Path | None = None) -> None:
-        from .repository import read_repository
+        from .repository import backend_config_args, read_repository
 
-        read_repository(repo, verify=True)  # a clear error before any process starts, for a changed file too
+        marker = read_repository(repo, verify=True)  # a clear error before any process starts, for a changed file too
         self.repo = Path(repo).resolve()
         if any(c.isspace() for c in str(self.repo)):
             # The Python backend starts its stubs with a command line split on spaces: each stub then
@@ -187,7 +187,9 @@ class TritonServer:
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
         self.install = install or find_tritonserver()
         self.exit_timeout = exit_timeout
-        self.extra_args = extra_args
+        # The repository's plugin libraries, unless the caller names the TensorRT backend's plugins itself.
+        own = any(a.startswith("--backend-config=tensorrt,") and "plugins=" in a for a in extra_args)
+        self.extra_args = tuple(extra_args) + (() if own else tuple(backend_config_args(self.repo, marker)))
         self.stub_env = Path(stub_env) if stub_env else stub_environment_path()
         if not (self.stub_env / "bin" / "python3").is_file():
             raise FileNotFoundError(f"{self.stub_env}: no Python environment for Triton's Python-backend stubs; "
