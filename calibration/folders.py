@@ -14,10 +14,12 @@ Torch-free: `tqdit_export.io` and the edge runtime use it too.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -165,6 +167,49 @@ def check_output_file(path: str | Path) -> None:
     check_writable_location(path)
 
 
+class LeftoverWarning(UserWarning):
+    """Temporary entries beside an output that a killed write left behind (the commands print
+    it as `prog: warning: ...`): nothing is removed for the user, who may have another run
+    writing the same output now."""
+
+
+def _size(entry: Path) -> int:
+    if entry.is_file() or entry.is_symlink():
+        return entry.lstat().st_size
+    return sum(f.lstat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def warn_leftovers(path: str | Path) -> list[Path]:
+    """Warn about what an interrupted write of `path` left beside it, and return it.
+
+    An atomic write fills `.NAME.*.tmp` and, replacing a folder, moves the old one to
+    `.NAME.*.old` for an instant; a write killed (SIGKILL, power loss) in between leaves them,
+    hidden, and an export of DiT-XL/2 is gigabytes. They are named with their size, never
+    deleted here: a second run writing the same output at this moment owns its `.tmp`. When
+    `path` is gone but an `.old` is there, the kill came between the two renames of a
+    replace: the `.old` is the user's previous output, and the warning says how to put it back.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    found = sorted(p for p in path.parent.glob(f".{glob.escape(path.name)}.*")
+                   if p.suffix in (".tmp", ".old"))
+    if not found:
+        return []
+    previous = [p for p in found if p.suffix == ".old"] if not os.path.lexists(path) else []
+    for old in previous:
+        warnings.warn(f"{path} is missing and {old} holds the output an interrupted write moved aside (the "
+                      f"previous {path.name}); it is left as it is: to keep it, rename it, e.g. "
+                      f"mv {old} {path}.previous", LeftoverWarning)
+    rest = [p for p in found if p not in previous]
+    if rest:
+        mib = sum(_size(p) for p in rest) / 2**20
+        warnings.warn(f"{path}: {len(rest)} temporary entr{'y' if len(rest) == 1 else 'ies'} beside it, left by an "
+                      f"interrupted write or in use by another run writing it now ({_named([p.name for p in rest])}; "
+                      f"{mib:.1f} MiB); nothing uses them once that run is over: remove them then", LeftoverWarning)
+    return found
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str | Path, marker: str) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it gets its inventory and replaces `path` whole.
@@ -175,6 +220,7 @@ def atomic_folder(path: str | Path, marker: str) -> Iterator[Path]:
     """
     path = Path(path)
     check_output_folder(path, marker)
+    warn_leftovers(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

@@ -12,6 +12,8 @@ import sys
 import warnings
 from typing import Callable
 
+from calibration.folders import LeftoverWarning
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 # What library code raises for a bad input or a missing tool; anything else is a bug and keeps its traceback.
@@ -43,7 +45,7 @@ def run_command(prog: str, command: Callable[[], int], debug: bool = False) -> i
     `prog` starts every message (`tqdit sample`); `debug` re-raises instead, for the traceback.
     """
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, InputWarning):
+        if issubclass(category, (InputWarning, LeftoverWarning)):
             print(f"{prog}: warning: {message}", file=sys.stderr)
         else:
             default_show(message, category, filename, lineno, file, line)

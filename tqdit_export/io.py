@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from calibration.folders import (  # noqa: F401 (re-exported: one implementation for calibration/ and here)
-    atomic_folder, check_output_file, check_output_folder)
+    atomic_folder, check_output_file, check_output_folder, warn_leftovers)
 
 
 @contextlib.contextmanager
@@ -29,6 +29,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     check_output_file(path)
+    warn_leftovers(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

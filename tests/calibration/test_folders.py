@@ -60,3 +60,40 @@ def test_a_symbolic_link_is_refused_and_a_dot_old_folder_beside_is_kept(tmp_path
     assert (real / "c.bin").exists() and not (real / "a.bin").exists()
     assert (tmp_path / ".real.old" / "x").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".real.old", "link", "real"]
+
+
+def test_what_a_killed_write_left_is_named_and_kept(tmp_path):
+    from calibration.folders import LeftoverWarning
+
+    out = tmp_path / "export"
+    left = tmp_path / ".export.k3j2.tmp"  # a write killed while it filled its temporary folder
+    left.mkdir()
+    (left / "g0.onnx").write_bytes(b"x" * 2**20)
+    (tmp_path / ".exports.zz.tmp").mkdir()  # another output's: not this one's
+    with pytest.warns(LeftoverWarning, match=r"1 temporary entry beside it.*\.export\.k3j2\.tmp; 1\.0 MiB") as seen:
+        _write(out)
+    assert len(seen) == 1 and left.is_dir() and (out / "m.json").is_file()  # written; nothing removed
+    # Killed between the two renames of a replace: the output is gone, the .old is the previous one.
+    old = tmp_path / ".export.x9.old"
+    out.rename(old)
+    with pytest.warns(LeftoverWarning) as seen:
+        _write(out)
+    messages = [str(w.message) for w in seen]
+    assert any(f"{out} is missing" in m and f"mv {old} {out}.previous" in m for m in messages)
+    assert (old / "m.json").is_file() and (out / "m.json").is_file()
+    # With the output back in place, an .old is only a leftover (its removal was cut short).
+    with pytest.warns(LeftoverWarning, match="2 temporary entries") as seen:
+        _write(out)
+    assert not any("is missing" in str(w.message) for w in seen)
+
+
+def test_a_file_write_names_its_leftovers_and_commands_print_them_as_warnings(tmp_path, capsys):
+    from calibration.folders import LeftoverWarning
+    from tqdit_export.errors import run_command
+    from tqdit_export.io import write_json
+
+    (tmp_path / ".s.json.abc.tmp").write_text("half")
+    with pytest.warns(LeftoverWarning, match=r"\.s\.json\.abc\.tmp"):
+        write_json(tmp_path / "s.json", {"a": 1})
+    assert run_command("tqdit x", lambda: write_json(tmp_path / "s.json", {"a": 2}) and 0) == 0
+    assert "tqdit x: warning:" in capsys.readouterr().err and (tmp_path / ".s.json.abc.tmp").exists()
