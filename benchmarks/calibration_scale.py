@@ -3,6 +3,7 @@
     flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py                     # every row
     flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --rows DiT-S/2:10:8 # one row (name:G:n)
     flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --full DiT-S/2:10:8 # `tqdit calibrate` end to end
+    flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --probe DiT-B/2:8    # this machine's speed now
     python benchmarks/calibration_scale.py --report                                        # tables + plot only
 
 Writes benchmarks/results/calibration_scale.{json,md,png} (rows accumulate across runs, keyed
@@ -22,6 +23,11 @@ worker's, with the heap settings `tqdit calibrate` uses in each phase (`calibrat
 for the capture passes and for the search separately; it holds two groups' captures of every site
 at once, which a full run never does.
 A fitted model (seconds = FLOPs / effective rate, one rate per phase) predicts the rest.
+
+The machine is shared, and its speed differs between days (a DiT-B/2 call took 5.4 s when its
+row was taken, 9.1 s on 2026-12-03): a full run therefore times the rows' denoiser call just
+before it starts (`probe_call_s`), and is compared with the extrapolation scaled by that speed.
+`--probe` records the call alone, to tell whether rows of another day still describe the machine.
 """
 from __future__ import annotations
 
@@ -98,6 +104,33 @@ def random_model(name: str):
     return model
 
 
+def probe_calls(name: str, n: int, repeats: int = 5) -> list[float]:
+    """Seconds of `repeats` warm denoiser calls at the rows' calibration batch (2n), this process,
+    with the heap settings of the rows' worker."""
+    from calibration import heap
+
+    heap.manage()
+    model = random_model(name)
+    cfg = model.config
+    x = torch.randn(2 * n, cfg.in_channels, cfg.input_size, cfg.input_size)
+    t, y = torch.randint(1000, (2 * n,)), torch.randint(cfg.num_classes, (2 * n,))
+    seconds = []
+    with torch.no_grad():
+        model(x, t, y)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x, t, y)
+            seconds.append(round(time.perf_counter() - start, 3))
+    return seconds
+
+
+def probe(name: str, n: int, repeats: int = 5) -> dict:
+    seconds = probe_calls(name, n, repeats)
+    return {"model": name, "samples_per_group": n, "call_s": seconds, "median_s": sorted(seconds)[len(seconds) // 2],
+            "date": time.strftime("%Y-%m-%d"), "torch_threads": torch.get_num_threads(),
+            "command": f"flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --probe {name}:{n}"}
+
+
 def full_run(name: str, groups: int, n: int) -> dict:
     """Run `tqdit calibrate` end to end on the random-weight model (saved as a checkpoint), as a
     user would: the check on the extrapolated rows. Peak RSS is the calibrate process's own."""
@@ -105,6 +138,7 @@ def full_run(name: str, groups: int, n: int) -> dict:
 
     from tqdit_export.models.checkpoint import save_dit
 
+    speed = probe(name, n, repeats=3)  # the machine's speed at the start of the run
     with tempfile.TemporaryDirectory(prefix="tqdit-full-") as tmp:
         ckpt, cost_json = Path(tmp) / "model.safetensors", Path(tmp) / "cost.json"
         save_dit(random_model(name), ckpt)
@@ -125,6 +159,7 @@ def full_run(name: str, groups: int, n: int) -> dict:
                         "capture": round(cost["capture_seconds"], 1), "search": round(cost["search_seconds"], 1),
                         "total": round(calibrate_s, 1)},
             "peak_rss_mib": round(cost["peak_rss_mib"]), "torch_threads": cost["torch_threads"],
+            "probe_call_s": speed["median_s"], "date": speed["date"],
             "command": f"flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --full {name}:{groups}:{n}"}
 
 
@@ -226,13 +261,13 @@ def predict(rates: dict[str, float], flops: dict[str, float]) -> dict[str, float
     return out
 
 
-def report(rows: list[dict], cpu: dict, full: list[dict] = ()) -> None:
+def report(rows: list[dict], cpu: dict, full: list[dict] = (), probes: list[dict] = ()) -> None:
     from tqdit_export.io import atomic_output, write_json
     from tqdit_export.models import dit_config
 
     rates = fit(rows)
     xl32 = predict(rates, work_flops(dit_config("DiT-XL/2"), 10, 32))
-    write_json(OUT.with_suffix(".json"), {"cpu": cpu, "rows": rows, "full_runs": list(full),
+    write_json(OUT.with_suffix(".json"), {"cpu": cpu, "rows": rows, "full_runs": list(full), "probes": list(probes),
                                           "fit_gflops_per_s": {k: round(v / 1e9, 1) for k, v in rates.items()},
                                           "predicted_xl2_g10_n32_s": {k: round(v) for k, v in xl32.items()}})
     h = lambda s: f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"  # noqa: E731
@@ -265,16 +300,28 @@ def report(rows: list[dict], cpu: dict, full: list[dict] = ()) -> None:
     if full:
         lines += ["", "## Full runs: `tqdit calibrate` end to end, against the extrapolation", "",
                   "| model | G | n/group | trajectories | capture | search | total (measured) | extrapolated total "
-                  "(table above) | measured / extrapolated | peak RSS MiB (the run) | command |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "(table above) | measured / extrapolated | denoiser call s: the row's / at the run | "
+                  "measured / extrapolated at the run's speed | peak RSS MiB (the run) | command |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for f in full:
             s, row = f["seconds"], extrapolated.get(_key(f))
             ext = row["seconds"]["total"] if row else None
             ratio = f"{s['total'] / ext:.2f}" if ext else "—"
+            then, now = (row["measured"]["denoiser_call_s"] if row else None), f.get("probe_call_s")
+            scaled = f"{s['total'] / (ext * now / then):.2f}" if ext and now else "— (no probe)"
             lines.append(f"| {f['model']} (random) | {f['groups']} | {f['samples_per_group']} | {h(s['trajectory'])} | "
                          f"{h(s['capture'])} | {h(s['search'])} | **{h(s['total'])}** | "
-                         f"{h(ext) if ext else '—'} | {ratio} | "
+                         f"{h(ext) if ext else '—'} | {ratio} | {then or '—'} / {now or 'not probed'} | {scaled} | "
                          f"{f['peak_rss_mib']} | `{f['command']}` |")
+    if probes:
+        calls = {(r["model"], r["samples_per_group"]): r["measured"]["denoiser_call_s"] for r in rows if r["groups"] == 10}
+        lines += ["", "## The machine's speed on other days: one denoiser call at the rows' batch (2n)", "",
+                  "| model | n/group | date | call s (median of repeats) | the row's call s | command |",
+                  "|---|---|---|---|---|---|"]
+        for pr in probes:
+            lines.append(f"| {pr['model']} | {pr['samples_per_group']} | {pr['date']} | {pr['median_s']} "
+                         f"({', '.join(map(str, pr['call_s']))}) | {calls.get((pr['model'], pr['samples_per_group']), '—')} | "
+                         f"`{pr['command']}` |")
     lines += [
         "",
         "## Cost model",
@@ -308,6 +355,9 @@ def report(rows: list[dict], cpu: dict, full: list[dict] = ()) -> None:
         "- Spilled captures: what `OUT.partial/capture/` holds on disk during a run (G groups).",
         f"- No full XL/2 run was made ({xl_total} by this table); the parts are the code paths of a run, and the "
         "full-run path is tested for bit-identical records on small models.",
+        "- The machine is shared and its speed differs between days (the probes above): a full run compared with "
+        "rows of another day mixes the model's error with the machine's. Runs made before the probe existed "
+        "show '— (no probe)'; the probe table says how far the machine had moved.",
         "- GPU: not measured (no GPU in this session).",
     ]
     with atomic_output(OUT.with_suffix(".md")) as tmp:
@@ -347,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report", action="store_true", help="only rewrite the tables and the plot")
     p.add_argument("--full", nargs="*", default=None,
                    help="instead: run `tqdit calibrate` end to end for these MODEL:G:N (checks the extrapolation)")
+    p.add_argument("--probe", nargs="*", default=None,
+                   help="instead: time 5 warm denoiser calls for these MODEL:N, to see the machine's speed now")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -357,14 +409,19 @@ def main(argv: list[str] | None = None) -> None:
 
     path = OUT.with_suffix(".json")
     saved = json.loads(path.read_text()) if path.exists() else {}
-    rows, full = saved.get("rows", []), saved.get("full_runs", [])
+    rows, full, probes = saved.get("rows", []), saved.get("full_runs", []), saved.get("probes", [])
+    for spec in args.probe or []:
+        name, n = spec.split(":")
+        probes.append(probe(name, int(n)))
+        print(json.dumps(probes[-1]), flush=True)
+        report(rows, cpu_description(), full, probes)
     for spec in args.full or []:
         name, g, n = spec.split(":")
         run = full_run(name, int(g), int(n))
         print(json.dumps(run), flush=True)
         full = _replace(full, run)
-        report(rows, cpu_description(), full)
-    todo = [] if args.report or args.full else ([tuple(r.split(":")) for r in args.rows] if args.rows
+        report(rows, cpu_description(), full, probes)
+    todo = [] if args.report or args.full or args.probe else ([tuple(r.split(":")) for r in args.rows] if args.rows
                                    else [(m, str(g), str(n)) for m, g, n in SIZE_ROWS + SWEEP_ROWS])
     for name, g, n in todo:
         cmd = [sys.executable, __file__, "--worker", f"{name}:{g}:{n}"]
@@ -375,9 +432,9 @@ def main(argv: list[str] | None = None) -> None:
         row["command"] = f"flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --rows {name}:{g}:{n}"
         print(json.dumps(row), flush=True)
         rows = _replace(rows, row)
-        report(rows, cpu_description(), full)
+        report(rows, cpu_description(), full, probes)
     if args.report and rows:
-        report(rows, cpu_description(), full)
+        report(rows, cpu_description(), full, probes)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ Torch-free: `tqdit_export.io` and the edge runtime use it too.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -174,9 +174,16 @@ class LeftoverWarning(UserWarning):
 
 
 def _size(entry: Path) -> int:
-    if entry.is_file() or entry.is_symlink():
-        return entry.lstat().st_size
-    return sum(f.lstat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+    """Bytes under `entry`; what vanishes meanwhile (another run committing or removing it) counts 0."""
+    total = 0
+    for root, _, files in os.walk(entry):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    if not total and not entry.is_dir():
+        with contextlib.suppress(OSError):
+            total = entry.lstat().st_size
+    return total
 
 
 def warn_leftovers(path: str | Path) -> list[Path]:
@@ -190,10 +197,13 @@ def warn_leftovers(path: str | Path) -> list[Path]:
     replace: the `.old` is the user's previous output, and the warning says how to put it back.
     """
     path = Path(path)
-    if not path.parent.is_dir():
+    # Exactly the names mkstemp / mkdtemp give (".NAME." + 8 random characters + suffix): not a
+    # user's `.NAME.old`, nor a sibling output's (`.NAME.npz.<random>.tmp`).
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.(tmp|old)")
+    try:
+        found = sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+    except OSError:  # no folder yet (or not readable): nothing was left there
         return []
-    found = sorted(p for p in path.parent.glob(f".{glob.escape(path.name)}.*")
-                   if p.suffix in (".tmp", ".old"))
     if not found:
         return []
     previous = [p for p in found if p.suffix == ".old"] if not os.path.lexists(path) else []

@@ -28,7 +28,7 @@ from .io import atomic_folder, file_sha256
 from .models.dit import DiT
 from .onnx import export_dit, lint_file
 from .onnx.manifest import BUILD_MANIFEST, Layout, in_group_order
-from .targets import ENGINE_TARGETS, TARGETS, Target, record_forms_note
+from .targets import ENGINE_TARGETS, TARGETS, Target, record_forms_note, target
 
 BUILD_VERSION = 1
 ENGINES_MISSING = 3  # exit status: artifacts written, engines not built (no TensorRT or no GPU)
@@ -93,6 +93,11 @@ def _installed_trt_major() -> int | None:
         return None
 
 
+def build_layout(target_name: str, layout: str | None) -> Layout:
+    """The layout a build writes: `layout` (--layout), else the target's default."""
+    return Layout.of(layout or target(target_name).layout, "--layout")
+
+
 def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Path, out: Path, target: str,
           layout: str | None = None, plugin_library: Path | None = None, command: str = "",
           precision: str = "int8", float_precision: str | None = None,
@@ -106,10 +111,10 @@ def build(model: DiT, model_name: str, record: CalibrationRecord, record_dir: Pa
         hint = " (ONNX Runtime needs no engine: use `tqdit export --target cpu`)" if target in TARGETS else ""
         raise ValueError(f"--target {target!r} is not a TensorRT target{hint}; choose one of {', '.join(ENGINE_TARGETS)}")
     spec = TARGETS[target]
+    layout = build_layout(target, layout).value
     if precision == "fp8" and not spec.fp8:
         raise ValueError(f"--precision fp8: target {target!r} has no FP8 tensor cores; use one of "
                          f"{sorted(k for k, t in TARGETS.items() if t.fp8)} or --precision int8")
-    layout = Layout.of(layout or spec.layout, "--layout").value
     _check_tensorrt_precision(precision)
     float_precision = float_precision or spec.float_precision_for(_installed_trt_major())
     start = time.perf_counter()

@@ -380,19 +380,20 @@ def check_plugin_choice(args: argparse.Namespace) -> None:
     """Before any work: the plugin layout's C++ library exists (--plugin-library, else
     $TQDIT_TRT_PLUGIN_LIB), and engines meant for Triton are not built with the Python plugin,
     which Triton's C++ TensorRT backend cannot run."""
+    from .build import build_layout
     from .edge.trt_runtime import chosen_plugin_library
     from .onnx.manifest import Layout
+    from .serving.repository import PLUGIN_FOR_TRITON
 
-    layout = Layout.of(args.layout or target(args.target).layout, "--layout")
+    layout = build_layout(args.target, args.layout)
     if layout is not Layout.PLUGIN:
         if args.plugin_library is not None:
             print(f"tqdit build: note: --plugin-library {args.plugin_library} is not used: the {layout.value} "
                   "layout's engines need no plugin", file=sys.stderr)
         return
     if chosen_plugin_library(args.plugin_library) is None and args.triton is not None:
-        raise UsageError(f"--triton {args.triton} with --layout plugin: Triton's TensorRT backend (C++) cannot run "
-                         "engines built with the Python plugin (tensorrt.plugin, the default); pass --plugin-library "
-                         "libtqdit_trt_plugins.so (cmake -S trt_plugins/csrc), or use --layout per-group")
+        raise UsageError(f"--triton {args.triton} with --layout plugin and no --plugin-library (the Python "
+                         f"plugin): {PLUGIN_FOR_TRITON}")
 
 
 def add_repository_arguments(parser: argparse.ArgumentParser) -> None:
@@ -405,7 +406,11 @@ def add_repository_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dynamic-batching", action="store_true",
                         help="one request per model call (default: Triton's dynamic batcher, 2 ms queue delay)")
     parser.add_argument("--queue-delay-us", type=int, default=2000,
-                        help="dynamic batcher's max queue delay in microseconds (default 2000)")
+                        help="dynamic batcher's max queue delay in microseconds (default 2000); a denoiser "
+                             "pays it at every step of a loop that runs alone")
+    parser.add_argument("--sampler-queue-delay-us", type=int, default=None,
+                        help="the sampler model's queue delay, paid once per request: a longer one gathers "
+                             "more requests into one loop (default: --queue-delay-us)")
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads per CPU denoiser instance (default 0: ORT's, the "
                              "physical cores)")
@@ -423,6 +428,7 @@ def repository_options(args: argparse.Namespace):
     return RepositoryOptions(max_images=args.max_images, sampler_instances=args.sampler_instances,
                              denoiser_instances=args.denoiser_instances,
                              dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
+                             sampler_queue_delay_us=args.sampler_queue_delay_us,
                              threads=args.threads, pixel_space=False if args.latent else None,
                              cfg_channels=args.cfg_channels)
 
@@ -441,7 +447,7 @@ def _report_repository(info: dict, repo: Path) -> int:
 
     print(f"wrote a Triton repository ({info['runtime']}, {info['layout']} layout, models "
           f"{', '.join(info['models'])}; up to {info['max_images']} images per request) to {repo}")
-    for flag in backend_config_args(repo, info):
+    for flag in backend_config_args(repo, info):  # the flags of a repository alone
         print(f"  its engines need the TimeGroupQuantize plugin: start tritonserver with {flag} "
               "(`tqdit serve` adds it)")
     return _lint_report(repo, lint_repository)
@@ -734,8 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--setup", action="store_true",
                     help="first create the Python environment of the backend stubs (make setup does it)")
     sv.add_argument("--backend-config", action="append", default=[], metavar="BACKEND,KEY=VALUE",
-                    help="passed to tritonserver as --backend-config (repeatable), e.g. "
-                         "tensorrt,plugins=/path/libtqdit_trt_plugins.so for plugin-layout engines")
+                    help="passed to tritonserver as --backend-config (repeatable); the repository's own "
+                         "plugin library (plugin-layout engines) is added to a tensorrt,plugins=... given here")
     sv.set_defaults(func=cmd_serve)
 
     dr = sub.add_parser("doctor", help="report what this machine can run (torch, ORT, VNNI, GPU, TensorRT, pycuda)")

@@ -66,15 +66,17 @@ def test_what_a_killed_write_left_is_named_and_kept(tmp_path):
     from calibration.folders import LeftoverWarning
 
     out = tmp_path / "export"
-    left = tmp_path / ".export.k3j2.tmp"  # a write killed while it filled its temporary folder
+    left = tmp_path / ".export.k3j2ab_9.tmp"  # a write killed while it filled its temporary folder
     left.mkdir()
     (left / "g0.onnx").write_bytes(b"x" * 2**20)
-    (tmp_path / ".exports.zz.tmp").mkdir()  # another output's: not this one's
-    with pytest.warns(LeftoverWarning, match=r"1 temporary entry beside it.*\.export\.k3j2\.tmp; 1\.0 MiB") as seen:
+    (tmp_path / ".exports.zzzzzzzz.tmp").mkdir()  # another output's: not this one's
+    (tmp_path / ".export.npz.zzzzzzzz.tmp").mkdir()  # nor a sibling file's (export.npz)
+    (tmp_path / ".export.old").mkdir()  # nor a user's folder: not a name the tool makes
+    with pytest.warns(LeftoverWarning, match=r"1 temporary entry beside it.*\.export\.k3j2ab_9\.tmp; 1\.0 MiB") as seen:
         _write(out)
     assert len(seen) == 1 and left.is_dir() and (out / "m.json").is_file()  # written; nothing removed
     # Killed between the two renames of a replace: the output is gone, the .old is the previous one.
-    old = tmp_path / ".export.x9.old"
+    old = tmp_path / ".export.x9x9x9x9.old"
     out.rename(old)
     with pytest.warns(LeftoverWarning) as seen:
         _write(out)
@@ -92,8 +94,8 @@ def test_a_file_write_names_its_leftovers_and_commands_print_them_as_warnings(tm
     from tqdit_export.errors import run_command
     from tqdit_export.io import write_json
 
-    (tmp_path / ".s.json.abc.tmp").write_text("half")
-    with pytest.warns(LeftoverWarning, match=r"\.s\.json\.abc\.tmp"):
+    (tmp_path / ".s.json.abcdefgh.tmp").write_text("half")
+    with pytest.warns(LeftoverWarning, match=r"\.s\.json\.abcdefgh\.tmp"):
         write_json(tmp_path / "s.json", {"a": 1})
     assert run_command("tqdit x", lambda: write_json(tmp_path / "s.json", {"a": 2}) and 0) == 0
-    assert "tqdit x: warning:" in capsys.readouterr().err and (tmp_path / ".s.json.abc.tmp").exists()
+    assert "tqdit x: warning:" in capsys.readouterr().err and (tmp_path / ".s.json.abcdefgh.tmp").exists()

@@ -35,6 +35,22 @@ def test_cpu_repository_has_triton_layout_and_passes_the_schema(digits_export, t
     assert lint_repository(repo) == []
 
 
+def test_the_sampler_queue_delay_is_set_apart_from_the_denoisers(digits_export, tmp_path, capsys):
+    _, export = digits_export
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", "--from", str(export), "--out", str(repo), "--queue-delay-us", "500",
+                 "--sampler-queue-delay-us", "50000"]) == 0
+    assert "max_queue_delay_microseconds: 50000" in (repo / "tqdit_sampler" / "config.pbtxt").read_text()
+    for g in (0, 1):
+        assert "max_queue_delay_microseconds: 500\n" in (repo / f"tqdit_denoiser_g{g}" / "config.pbtxt").read_text()
+    # Unset, the sampler takes --queue-delay-us; a negative one is refused before anything is written.
+    write_repository(export, repo, RepositoryOptions(queue_delay_us=700))
+    assert "max_queue_delay_microseconds: 700\n" in (repo / "tqdit_sampler" / "config.pbtxt").read_text()
+    assert main(["triton-repo", "--from", str(export), "--out", str(tmp_path / "r2"),
+                 "--sampler-queue-delay-us", "-1"]) == 2
+    assert "--sampler-queue-delay-us" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+
+
 def test_without_dynamic_batching_and_an_existing_foreign_folder(digits_export, tmp_path, capsys):
     _, export = digits_export
     repo = tmp_path / "repo"
@@ -96,10 +112,21 @@ def test_plugin_engines_serve_with_the_builds_c_plus_plus_plugin(plugin_export, 
     flags = backend_config_args(repo, info)
     assert flags == [f"--backend-config=tensorrt,plugins={copy.resolve()}"] and flags[0] in out
     assert lint_repository(repo) == []
-    # The per-group repositories need no flag.
-    assert backend_config_args(repo, {"plugins": []}) == []
+    # The per-group repositories need no flag; a plugins list the caller gives gets ours added to it
+    # (a second tensorrt,plugins= flag would replace the first), other flags pass as they are.
+    assert backend_config_args(repo, {"plugins": []}, ("--x=1",)) == ["--x=1"]
+    mine = "--backend-config=tensorrt,plugins=/opt/mine.so"
+    assert backend_config_args(repo, info, ("--x=1", mine)) == ["--x=1", f"{mine};{copy.resolve()}"]
+    # A marker naming a plugin the writer did not copy (or outside the repository) is refused.
+    marker = json.loads((repo / "tqdit_repository.json").read_text())
+    for name in ("../libevil.so", "/tmp/libevil.so", "tqdit_denoiser/1/other.so"):
+        edited = dict(marker, plugins=[name])
+        (repo / "tqdit_repository.json").write_text(json.dumps(edited))
+        with pytest.raises(ValueError, match="not files the repository writer recorded"):
+            read_repository(repo, verify=True)
+    (repo / "tqdit_repository.json").write_text(json.dumps(marker))
 
-    # The server started over it loads the plugin, unless the caller names the backend's plugins itself.
+    # The server started over it loads the plugin, beside the caller's own.
     from tqdit_export.serving.server import TritonServer, find_tritonserver, stub_environment_path
 
     try:
@@ -109,9 +136,8 @@ def test_plugin_engines_serve_with_the_builds_c_plus_plus_plugin(plugin_export, 
     if not (stub_environment_path() / "bin" / "python3").is_file():
         pytest.skip("no stub environment: run `make setup`")
     assert flags[0] in TritonServer(repo).command(tmp_path / "backends")
-    own = "--backend-config=tensorrt,plugins=/opt/mine.so"
-    command = TritonServer(repo, extra_args=(own,)).command(tmp_path / "backends")
-    assert own in command and flags[0] not in command
+    command = TritonServer(repo, extra_args=(mine,)).command(tmp_path / "backends")
+    assert f"{mine};{copy.resolve()}" in command and flags[0] not in command
 
 
 @pytest.mark.parametrize("plugin,why", [({"kind": "python", "module": "trt_plugins.python_plugin"}, "Python plugin"),
@@ -340,27 +366,47 @@ def test_one_settings_group_failing_or_cancelled_answers_only_its_own_requests(m
         def exec(self):
             return Response([Tensor("out", denoise(self.feeds["x"], self.feeds["t"].reshape(-1)))])
 
+    final = 1
     monkeypatch.setattr(ts, "pb_utils", types.SimpleNamespace(
         Tensor=Tensor, TritonError=Error,
         InferenceResponse=Response, InferenceRequest=InferenceRequest,
+        TRITONSERVER_RESPONSE_COMPLETE_FINAL=final,
         get_input_tensor_by_name=lambda request, name: request.inputs.get(name),
         get_output_tensor_by_name=lambda response, name: response.outputs[name]))
+    sent = []  # (request, response), in the order they left
+
+    class Sender:
+        def __init__(self, request):
+            self.request = request
+
+        def send(self, response, flags=0):
+            assert flags == final  # one response per request, sent final
+            sent.append((self.request, response))
 
     class Request:
-        def __init__(self, steps, seed, cancelled=False):
-            self.inputs = {"class_label": Tensor("class_label", [[1], [2]]), "seed": Tensor("seed", [[seed], [seed]]),
-                           "steps": Tensor("steps", [[steps], [steps]])}
+        def __init__(self, steps, seed, cancelled=False, labels=([1], [2])):
+            self.inputs = {"class_label": Tensor("class_label", list(labels)),
+                           "seed": Tensor("seed", [[seed]] * len(labels)),
+                           "steps": Tensor("steps", [[steps]] * len(labels))}
             self.cancelled = cancelled
 
         def is_cancelled(self):
             return self.cancelled
 
+        def get_response_sender(self):
+            return Sender(self)
+
     model = ts.TritonPythonModel()
     model.spec = SPEC
     model.denoiser = ts.BlsDenoiser({"time_groups": [0, 500, 1000], "denoisers": [{"name": "d", "batched": True}]})
     model.pipeline = Pipeline(model.denoiser, SPEC, "triton")
-    requests = [Request(4, 1), Request(3, 2), Request(5, 3, cancelled=True), Request(4, 4), Request(5, 5, True)]
-    responses = model.execute(requests)
+    requests = [Request(4, 1), Request(3, 2), Request(5, 3, cancelled=True), Request(4, 4), Request(5, 5, True),
+                Request(4, 6, labels=([1], [99]))]
+    assert model.execute(requests) is None  # every answer went through the senders
+    assert sorted(map(id, (r for r, _ in sent))) == sorted(map(id, requests))  # each answered once
+    order = [requests.index(r) for r, _ in sent]
+    assert order == [5, 1, 0, 3, 2, 4]  # the bad request at once, then the loops by steps: 3, 4, 5
+    responses = {requests.index(r): response for r, response in sent}
     served = Pipeline(lambda x, t, y: denoise(x, t), SPEC)
     for i in (0, 3):  # the 4-step group: served, each with its own draw
         assert responses[i].error_ is None
@@ -369,4 +415,31 @@ def test_one_settings_group_failing_or_cancelled_answers_only_its_own_requests(m
     assert "sampling failed: denoiser broke" in responses[1].error_.text
     for i in (2, 4):
         assert "cancelled" in responses[i].error_.text and responses[i].error_.code == "CANCELLED"
+    assert "class_label" in responses[5].error_.text
     assert model.denoiser.active == []
+    # An unexpected error once answers have gone out: the requests not yet answered get it, each
+    # answered once still, and nothing escapes execute (Triton would release answered requests twice).
+    sent.clear()
+
+    def broken(parsed):
+        raise RuntimeError("scheduler bug")
+
+    monkeypatch.setattr(ts, "loop_order", broken)
+    requests = [Request(4, 1, labels=([1], [99])), Request(4, 2), Request(3, 3)]
+    assert model.execute(requests) is None
+    assert [requests.index(r) for r, _ in sent] == [0, 1, 2]
+    assert "class_label" in sent[0][1].error_.text
+    assert all("internal error: scheduler bug" in response.error_.text for _, response in sent[1:])
+
+
+def test_a_manifest_naming_files_outside_the_export_is_refused_before_writing(digits_export, tmp_path):
+    _, export = digits_export
+    copy = tmp_path / "onnx"
+    shutil.copytree(export, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (tmp_path / "outside.data").write_bytes(b"x")
+    manifest["graphs"][0]["external_data"] = "../outside.data"  # the copy would land outside the repository too
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not a path inside the folder"):
+        write_repository(copy, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()

@@ -280,3 +280,33 @@ def test_another_server_on_the_port_is_not_taken_for_ours(repo):
     finally:
         foreign.shutdown()
         foreign.server_close()
+
+
+def test_a_short_request_batched_with_a_long_one_is_answered_when_its_own_loop_ends(digits_export, tmp_path):
+    """One sampler instance and a long queue delay put both requests in one batch (Triton counts one
+    execution); the short loop runs first and its answer leaves before the long loop's steps."""
+    _, export = digits_export
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", "--from", str(export), "--out", str(repo), "--max-images", "4",
+                 "--sampler-instances", "1", "--sampler-queue-delay-us", "1000000"]) == 0
+    pipe = open_pipeline(export)
+    done = queue.Queue()
+    with _server(repo) as s, grpcclient.InferenceServerClient(s.grpc_url) as c, \
+            grpcclient.InferenceServerClient(s.grpc_url) as watcher:  # its own channel, for the callbacks
+        def stats(model):
+            return watcher.get_inference_statistics(model_name=model).model_stats[0]
+
+        def denoiser_calls():
+            return sum(stats(f"tqdit_denoiser_g{g}").execution_count for g in (0, 1))
+
+        executions = stats("tqdit_sampler").execution_count
+        for name, steps in (("long", 300), ("short", 2)):  # the long one first: it arrives first
+            c.async_infer("tqdit_sampler", _inputs(grpcclient, [3], seed=1, steps=steps),
+                          callback=lambda result, error, name=name: done.put((name, result, error, denoiser_calls())))
+        first, second = done.get(timeout=120), done.get(timeout=120)
+        assert stats("tqdit_sampler").execution_count == executions + 1  # one batch held both
+    assert first[0] == "short" and first[2] is None and second[2] is None
+    # The long loop went on calling the denoisers after the short answer left (~298 calls).
+    assert second[3] - first[3] > 100
+    np.testing.assert_array_equal(first[1].as_numpy("samples"), pipe.sample([3], seed=1, steps=2))
+    np.testing.assert_array_equal(second[1].as_numpy("samples"), pipe.sample([3], seed=1, steps=300))

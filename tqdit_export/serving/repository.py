@@ -50,13 +50,16 @@ class RepositoryOptions:
     """How the repository serves. Defaults: up to 64 images per sampler batch on the CPU (TensorRT:
     half the engines' profile maximum, as CFG doubles the batch), 2 sampler instances and 1
     instance per denoiser, dynamic batching on with a 2 ms queue delay, ONNX Runtime with its
-    default intra-op threads (the physical cores)."""
+    default intra-op threads (the physical cores). The sampler's queue delay can differ from the
+    denoisers': the sampler's is paid once per request, the denoisers' at every step of a loop
+    that runs alone."""
 
     max_images: int | None = None
     sampler_instances: int = 2
     denoiser_instances: int = 1
     dynamic_batching: bool = True
     queue_delay_us: int = 2000
+    sampler_queue_delay_us: int | None = None  # None: queue_delay_us
     threads: int = 0  # ONNX Runtime intra-op threads per denoiser instance; 0: ORT's default
     # Defaults: what the export recorded (`model.sampling`), else the digits rule and all channels.
     pixel_space: bool | None = None
@@ -68,8 +71,12 @@ class RepositoryOptions:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"--max-images {self.max_images}: must be at least 1")
-        if self.queue_delay_us < 0 or self.threads < 0:
-            raise ValueError("--queue-delay-us and --threads must be >= 0")
+        if self.queue_delay_us < 0 or self.threads < 0 or (self.sampler_queue_delay_us or 0) < 0:
+            raise ValueError("--queue-delay-us, --sampler-queue-delay-us and --threads must be >= 0")
+
+    @property
+    def sampler_delay_us(self) -> int:
+        return self.queue_delay_us if self.sampler_queue_delay_us is None else self.sampler_queue_delay_us
 
 
 @dataclass(frozen=True)
@@ -96,10 +103,10 @@ def _tensor(name: str, dtype: str, dims: tuple[int, ...], reshape: tuple[int, ..
     return "  {\n    " + "\n    ".join(fields) + "\n  }"
 
 
-def _batching(options: RepositoryOptions, max_batch: int) -> str:
+def _batching(options: RepositoryOptions, max_batch: int, delay_us: int) -> str:
     if not options.dynamic_batching or max_batch == 0:
         return ""
-    return (f"dynamic_batching {{\n  max_queue_delay_microseconds: {options.queue_delay_us}\n}}\n")
+    return f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n"
 
 
 def denoiser_config(denoiser: Denoiser, spec: ModelSpec, platform: str, max_batch: int,
@@ -138,7 +145,7 @@ def denoiser_config(denoiser: Denoiser, spec: ModelSpec, platform: str, max_batc
             + "input [\n" + ",\n".join(inputs) + "\n]\n"
             + "output [\n" + ",\n".join(outputs) + "\n]\n"
             + f"instance_group [\n  {{\n    count: {options.denoiser_instances}\n    kind: {kind}\n  }}\n]\n"
-            + _batching(options, batch))
+            + _batching(options, batch, options.queue_delay_us))
     for key, value in parameters.items():
         text += f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
     return text
@@ -156,7 +163,7 @@ def sampler_config(spec: ModelSpec, max_images: int, options: RepositoryOptions)
             + "input [\n" + ",\n".join(inputs) + "\n]\n"
             + "output [\n" + ",\n".join(outputs) + "\n]\n"
             + f"instance_group [\n  {{\n    count: {options.sampler_instances}\n    kind: KIND_CPU\n  }}\n]\n"
-            + _batching(options, max_images)
+            + _batching(options, max_images, options.sampler_delay_us)
             + f'parameters {{\n  key: "pipeline"\n  value: {{ string_value: "{PIPELINE_JSON}" }}\n}}\n')
 
 
@@ -242,6 +249,12 @@ def write_repository(source: str | Path, out: str | Path, options: RepositoryOpt
     return info
 
 
+PLUGIN_FOR_TRITON = ("Triton's TensorRT backend (C++) loads only the C++ plugin library, not the Python plugin "
+                     "(tensorrt.plugin, which needs an interpreter in the process running the engines): build the "
+                     "engines with --plugin-library libtqdit_trt_plugins.so (cmake -S trt_plugins/csrc), or with "
+                     "--layout per-group (no plugin, and Triton batches its requests)")
+
+
 def _triton_plugin_library(build: BuildManifest, source: Path) -> Path:
     """The C++ plugin library of a plugin-layout build, which Triton's TensorRT backend loads, or an
     error before anything is written: engines built with the Python plugin need a Python interpreter
@@ -250,18 +263,27 @@ def _triton_plugin_library(build: BuildManifest, source: Path) -> Path:
     if library is None:
         why = ("were built with the Python plugin (tensorrt.plugin)" if build.plugin.get("kind") == "python"
                else "do not record which plugin built them (a build.json from before builds recorded it)")
-        raise ValueError(f"--from {source}: its plugin-layout engines {why}; Triton's TensorRT backend loads only "
-                         "the C++ plugin library: build them again with `tqdit build --layout plugin "
-                         "--plugin-library libtqdit_trt_plugins.so`, or with --layout per-group (no plugin, and "
-                         "Triton batches its requests)")
+        raise ValueError(f"--from {source}: its plugin-layout engines {why}; {PLUGIN_FOR_TRITON}")
     return library
 
 
-def backend_config_args(repo: str | Path, marker: dict) -> list[str]:
-    """The tritonserver flags a repository needs: its plugin libraries for the TensorRT backend,
-    by absolute path (`--backend-config=tensorrt,plugins=a.so;b.so`); [] when it has none."""
-    plugins = [str((Path(repo) / p).resolve()) for p in marker.get("plugins") or []]
-    return [f"--backend-config=tensorrt,plugins={';'.join(plugins)}"] if plugins else []
+TRT_PLUGINS_FLAG = "--backend-config=tensorrt,plugins="
+
+
+def backend_config_args(repo: str | Path, marker: dict, extra_args: tuple[str, ...] = ()) -> list[str]:
+    """`extra_args` (tritonserver flags) with what the repository needs: its plugin libraries for
+    the TensorRT backend, by absolute path, added to a `--backend-config=tensorrt,plugins=...`
+    the caller passes (one list: a second flag would replace the first) or as one of their own."""
+    ours = [str((Path(repo) / p).resolve()) for p in marker.get("plugins") or []]
+    args, merged = [], False
+    for a in extra_args:
+        if ours and a.startswith(TRT_PLUGINS_FLAG) and not merged:
+            theirs = [p for p in a[len(TRT_PLUGINS_FLAG):].split(";") if p]
+            a, merged = TRT_PLUGINS_FLAG + ";".join(theirs + [p for p in ours if p not in theirs]), True
+        args.append(a)
+    if ours and not merged:
+        args.append(TRT_PLUGINS_FLAG + ";".join(ours))
+    return args
 
 
 def check_max_images(max_images: int | None, profile_max: int) -> None:
@@ -290,6 +312,10 @@ def read_repository(repo: str | Path, verify: bool = False) -> dict:
                                             for model, e in (marker.get("files") or {}).items()}
         for name, sha256 in recorded.items():
             verified_file(repo, name, sha256, "file of the repository")
+        unknown = [p for p in marker.get("plugins") or [] if p not in recorded]
+        if unknown:  # a library handed to tritonserver is one the writer copied and hashed
+            raise ValueError(f"{path}: plugins {unknown} are not files the repository writer recorded; write the "
+                             "repository again with `tqdit triton-repo`")
     return marker
 
 

@@ -187,9 +187,7 @@ class TritonServer:
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
         self.install = install or find_tritonserver()
         self.exit_timeout = exit_timeout
-        # The repository's plugin libraries, unless the caller names the TensorRT backend's plugins itself.
-        own = any(a.startswith("--backend-config=tensorrt,") and "plugins=" in a for a in extra_args)
-        self.extra_args = tuple(extra_args) + (() if own else tuple(backend_config_args(self.repo, marker)))
+        self.extra_args = tuple(backend_config_args(self.repo, marker, tuple(extra_args)))  # + its plugins
         self.stub_env = Path(stub_env) if stub_env else stub_environment_path()
         if not (self.stub_env / "bin" / "python3").is_file():
             raise FileNotFoundError(f"{self.stub_env}: no Python environment for Triton's Python-backend stubs; "

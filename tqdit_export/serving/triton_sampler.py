@@ -11,16 +11,18 @@ Each step's denoiser call goes to the denoiser model of that step's time group (
 the conditional and unconditional halves of classifier-free guidance in one request. The
 requests a dynamic batch hands to one `execute` share one sampling loop when their settings
 are equal (one denoiser call per step for all of them), each with its own noise; groups of
-other settings run one loop after another, and the batch is answered when its last loop
-ends (a short request batched with a long one waits for it). A bad request gets an error
-response naming the input; a loop that fails answers only its own requests; the others in
-the batch are served. A loop whose requests were all cancelled by their clients stops at
+other settings run one loop after another, the fewest steps first, and each request is
+answered through its response sender as soon as its own loop ends (a short request batched
+with a long one does not wait for it). A bad request gets an error response naming the
+input at once; a loop that fails answers only its own requests; the others in the batch
+are served. A loop whose requests were all cancelled by their clients stops at
 its next step (Triton passes cancellation on from gRPC clients only, not from HTTP).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -121,6 +123,34 @@ def _error(message: str, cancelled: bool = False):
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
+def _cancelled_error():
+    return _error(f"{SAMPLER_NAME}: request cancelled by its client", cancelled=True)
+
+
+def _images(x: np.ndarray):
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("images", to_uint8(x)),
+                                                      pb_utils.Tensor("samples", x.astype(np.float32))])
+
+
+def _answer(request, response) -> None:
+    """Send a request's one response now (a non-decoupled model may send one, then final). A send
+    that fails (the stub could not place the response in shared memory, its client is gone) is
+    logged with the request's id; the other requests of the batch are still answered."""
+    try:
+        request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    except Exception as err:  # noqa: BLE001
+        rid = getattr(request, "request_id", lambda: "")()
+        pb_utils.Logger.log_error(f"{SAMPLER_NAME}: the response to request {rid!r} could not be sent: {err}")
+
+
+def loop_order(requests: list[ImageRequest]) -> list[list[int]]:
+    """The requests' loops (indices of equal settings) in the order they run: the fewest steps
+    first, then the fewest images, so the short requests of a batch are answered first."""
+    groups = settings_groups(requests)
+    return sorted(groups.values(), key=lambda members: (requests[members[0]].settings.steps,
+                                                        sum(len(requests[m].labels) for m in members)))
+
+
 INPUT_NAMES = ("class_label", "seed", "steps", "sampler", "guidance_scale")
 
 
@@ -136,41 +166,55 @@ class TritonPythonModel:
         self.denoiser = BlsDenoiser(self.pipeline_json)
         self.pipeline = Pipeline(self.denoiser, self.spec, "triton")
 
-    def execute(self, requests: list) -> list:
-        responses: list = [None] * len(requests)
+    def execute(self, requests: list) -> None:
+        """Answer every request through its response sender, once (so None is returned): a bad
+        one at once, the others when their own loop ends. Nothing escapes once a response has
+        gone out (Triton would then release the answered requests' response factories a second
+        time): an unexpected error answers the requests not yet answered with it."""
+        answered: set[int] = set()
+
+        def answer(i: int, response) -> None:
+            if i not in answered:
+                answered.add(i)
+                _answer(requests[i], response)
+
+        try:
+            self._serve(requests, answer)
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            for i in range(len(requests)):
+                answer(i, _error(f"{SAMPLER_NAME}: internal error: {err}"))
+        return None
+
+    def _serve(self, requests: list, answer: Callable[[int, object], None]) -> None:
         parsed: list[tuple[int, ImageRequest]] = []
         for i, request in enumerate(requests):
-            inputs = {}
-            for n in INPUT_NAMES:
-                tensor = pb_utils.get_input_tensor_by_name(request, n)
-                inputs[n] = None if tensor is None else tensor.as_numpy()
             try:
+                inputs = {}
+                for n in INPUT_NAMES:
+                    tensor = pb_utils.get_input_tensor_by_name(request, n)
+                    inputs[n] = None if tensor is None else tensor.as_numpy()
                 parsed.append((i, parse_request(inputs, self.spec)))
             except ValueError as err:
-                responses[i] = _error(f"{SAMPLER_NAME}: {err}")
+                answer(i, _error(f"{SAMPLER_NAME}: {err}"))
+            except Exception as err:  # noqa: BLE001 - this request only
+                answer(i, _error(f"{SAMPLER_NAME}: the request could not be read: {err}"))
         # One loop per group of equal settings, each on its own: a group whose loop fails, or whose
         # requests were all cancelled, answers only its own requests.
-        for members in settings_groups([r for _, r in parsed]).values():
+        for members in loop_order([r for _, r in parsed]):
             loop = [parsed[m] for m in members]
             self.denoiser.active = [requests[i] for i, _ in loop]
             try:
                 images = self.pipeline.sample_requests([r for _, r in loop])
+                answers = [_cancelled_error() if _cancelled(requests[i]) else _images(x)
+                           for (i, _), x in zip(loop, images)]
             except RequestCancelled:
-                for i, _ in loop:
-                    responses[i] = _error(f"{SAMPLER_NAME}: request cancelled by its client", cancelled=True)
+                answers = [_cancelled_error() for _ in loop]
             except Exception as err:  # noqa: BLE001 - a failed loop answers every request of it
-                for i, _ in loop:
-                    responses[i] = _error(f"{SAMPLER_NAME}: sampling failed: {err}")
-            else:
-                for (i, _), x in zip(loop, images):
-                    if _cancelled(requests[i]):
-                        responses[i] = _error(f"{SAMPLER_NAME}: request cancelled by its client", cancelled=True)
-                        continue
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                        pb_utils.Tensor("images", to_uint8(x)), pb_utils.Tensor("samples", x.astype(np.float32))])
+                answers = [_error(f"{SAMPLER_NAME}: sampling failed: {err}") for _ in loop]
             finally:
                 self.denoiser.active = []
-        return responses
+            for (i, _), response in zip(loop, answers):
+                answer(i, response)
 
     def finalize(self) -> None:
         self.pipeline = None
