@@ -17,7 +17,8 @@ httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from tqdit_export.serving.server import TritonServer, find_tritonserver, free_port, stub_environment_path  # noqa: E402
+from tqdit_export.serving.server import (  # noqa: E402
+    SHM_PREFIX_FLAG, TritonServer, find_tritonserver, free_port, stub_environment_path)
 
 try:
     find_tritonserver()
@@ -192,6 +193,7 @@ def test_a_server_stopped_mid_load_exits_and_the_next_start_serves(repo, digits_
             outcomes = [f.result(timeout=120) for f in futures]
         assert status is not None and not server.alive()
         assert len(outcomes) == 4  # every client got an answer or an error: nothing hung
+        assert server.shared_memory_regions() == []
     finally:
         server.close()
     for name, entry in marker["files"].items():  # the repository is as written
@@ -310,3 +312,27 @@ def test_a_short_request_batched_with_a_long_one_is_answered_when_its_own_loop_e
     assert second[3] - first[3] > 100
     np.testing.assert_array_equal(first[1].as_numpy("samples"), pipe.sample([3], seed=1, steps=2))
     np.testing.assert_array_equal(second[1].as_numpy("samples"), pipe.sample([3], seed=1, steps=300))
+
+
+def test_a_killed_server_leaves_no_shared_memory_behind(repo):
+    """The Python backend's /dev/shm regions outlive a SIGKILLed server (the OOM killer's way); stop()
+    removes this server's own, named by its --id, and no other's."""
+    import os
+    import signal
+
+    server = _server(repo).start()
+    try:
+        regions = server.shared_memory_regions()
+        assert regions and all(r.name.startswith(f"{server.server_id}_") for r in regions)
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        assert all(r.exists() for r in regions)  # what Triton leaves
+        server.stop()
+        assert not any(r.exists() for r in regions)
+    finally:
+        server.close()
+    # A prefix the user chose may be shared with other servers: used as given, never cleaned.
+    theirs = TritonServer(repo, free_port(), free_port(), free_port(), extra_args=(f"{SHM_PREFIX_FLAG}=mine_",))
+    assert theirs.shm_prefix is None and theirs.shared_memory_regions() == []
+    assert [a for a in theirs.command(repo) if a.startswith(SHM_PREFIX_FLAG)] == [f"{SHM_PREFIX_FLAG}=mine_"]
+    theirs.close()

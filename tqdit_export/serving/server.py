@@ -163,6 +163,10 @@ class StartCancelled(Exception):
     """The server was asked to stop before it was ready (it has been stopped)."""
 
 
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX_FLAG = "--backend-config=python,shm-region-prefix-name"
+
+
 class TritonServer:
     """tritonserver over `repo` on `host` (default 127.0.0.1) and the given ports; a context manager.
 
@@ -199,6 +203,11 @@ class TritonServer:
         # Passed as --id and read back from /v2: the readiness check answers for this server only,
         # not for another one that took the port between the port check and tritonserver's bind.
         self.server_id = f"tqdit-{uuid.uuid4().hex[:12]}"
+        # The Python backend's shared-memory regions (/dev/shm, 1 MiB and up each) outlive a server that
+        # is killed; under a prefix of this server's own, stop() removes what it left. A prefix the user
+        # chose (--backend-config python,shm-region-prefix-name=...) may be shared: left to them.
+        user_prefix = any(a.startswith(SHM_PREFIX_FLAG) for a in self.extra_args)
+        self.shm_prefix = None if user_prefix else f"{self.server_id}_"
 
     @property
     def http_url(self) -> str:
@@ -222,7 +231,7 @@ class TritonServer:
                 "--grpc-address", self.host, "--grpc-port", str(self.grpc_port),
                 "--metrics-address", self.host, "--metrics-port", str(self.metrics_port),
                 "--exit-timeout-secs", str(self.exit_timeout), "--log-verbose", "0", "--id", self.server_id,
-                *self.extra_args]
+                *([f"{SHM_PREFIX_FLAG}={self.shm_prefix}"] if self.shm_prefix else []), *self.extra_args]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -257,6 +266,7 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()  # its stubs and shared memory go too
                 raise RuntimeError(f"tritonserver exited with status {self.process.returncode} before it was "
                                    f"ready; {self.where_the_log_is()}")
             if should_stop is not None and should_stop():
@@ -301,7 +311,23 @@ class TritonServer:
         # Whatever of its group is left (the server past its timeout, stubs of a server that died) goes too.
         self._kill_group()
         self.process.wait()
+        self._remove_shared_memory()
         return self.process.returncode
+
+    def shared_memory_regions(self) -> list[Path]:
+        """This server's Python-backend regions in /dev/shm (empty when the prefix is the user's)."""
+        if self.shm_prefix is None or not SHM_DIR.is_dir():
+            return []
+        return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
+
+    def _remove_shared_memory(self) -> None:
+        """Unlink the regions a server that did not exit cleanly left (a clean exit leaves none);
+        the memory is freed once the last stub has unmapped it."""
+        for region in self.shared_memory_regions():
+            try:
+                region.unlink()
+            except OSError:
+                pass
 
     def _kill_group(self) -> None:
         """SIGKILL the server and its backend stubs (its own process group), not the server alone."""
