@@ -104,28 +104,28 @@ def random_model(name: str):
     return model
 
 
-def probe_calls(name: str, n: int, repeats: int = 5) -> list[float]:
-    """Seconds of `repeats` warm denoiser calls at the rows' calibration batch (2n), this process,
-    with the heap settings of the rows' worker."""
-    from calibration import heap
-
-    heap.manage()
-    model = random_model(name)
-    cfg = model.config
-    x = torch.randn(2 * n, cfg.in_channels, cfg.input_size, cfg.input_size)
-    t, y = torch.randint(1000, (2 * n,)), torch.randint(cfg.num_classes, (2 * n,))
+def time_calls(model, inputs: tuple, repeats: int) -> list[float]:
+    """Seconds of `repeats` denoiser calls on `inputs`, after a warm-up call."""
     seconds = []
     with torch.no_grad():
-        model(x, t, y)  # warm-up
+        model(*inputs)  # warm-up
         for _ in range(repeats):
             start = time.perf_counter()
-            model(x, t, y)
-            seconds.append(round(time.perf_counter() - start, 3))
+            model(*inputs)
+            seconds.append(time.perf_counter() - start)
     return seconds
 
 
-def probe(name: str, n: int, repeats: int = 5) -> dict:
-    seconds = probe_calls(name, n, repeats)
+def probe(model, name: str, n: int, repeats: int = 5) -> dict:
+    """`repeats` warm calls of `model` (the random `name`) at the rows' calibration batch (2n),
+    with the heap settings of the rows' worker: this machine's speed now."""
+    from calibration import heap
+
+    heap.manage()
+    cfg = model.config
+    inputs = (torch.randn(2 * n, cfg.in_channels, cfg.input_size, cfg.input_size), torch.randint(1000, (2 * n,)),
+              torch.randint(cfg.num_classes, (2 * n,)))
+    seconds = [round(s, 3) for s in time_calls(model, inputs, repeats)]
     return {"model": name, "samples_per_group": n, "call_s": seconds, "median_s": sorted(seconds)[len(seconds) // 2],
             "date": time.strftime("%Y-%m-%d"), "torch_threads": torch.get_num_threads(),
             "command": f"flock /tmp/tqdit-cores.lock python benchmarks/calibration_scale.py --probe {name}:{n}"}
@@ -138,10 +138,12 @@ def full_run(name: str, groups: int, n: int) -> dict:
 
     from tqdit_export.models.checkpoint import save_dit
 
-    speed = probe(name, n, repeats=3)  # the machine's speed at the start of the run
+    model = random_model(name)
+    speed = probe(model, name, n, repeats=3)  # the machine's speed at the start of the run
     with tempfile.TemporaryDirectory(prefix="tqdit-full-") as tmp:
         ckpt, cost_json = Path(tmp) / "model.safetensors", Path(tmp) / "cost.json"
-        save_dit(random_model(name), ckpt)
+        save_dit(model, ckpt)
+        del model  # the calibrate process loads its own copy
         cmd = [sys.executable, "-m", "tqdit_export.cli", "calibrate", "--model", str(ckpt), "--bits", "W8A8",
                "--groups", str(groups), "--samples-per-group", str(n), "--rounds", str(ROUNDS),
                "--trajectory-steps", str(TRAJECTORY_STEPS), "--device", "cpu", "--quiet",
@@ -185,11 +187,7 @@ def worker(name: str, groups: int, n: int) -> dict:
         eps, x0 = torch.randn_like(inputs[0]), torch.randn_like(inputs[0])
         data.append(GroupData(inputs, (eps, x0, inputs[0], inputs[1])))
 
-    with torch.no_grad():
-        model(*data[0].inputs)  # warm-up
-        start = time.perf_counter()
-        model(*data[0].inputs)
-        call = time.perf_counter() - start
+    (call,) = time_calls(model, data[0].inputs, 1)
     gen = torch.Generator().manual_seed(0)
     names = {s.name for s in sites}
     recompute = [b for b, _ in site_blocks(sites) if b not in names and any(p.isdigit() for p in b.split("."))]
@@ -412,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, full, probes = saved.get("rows", []), saved.get("full_runs", []), saved.get("probes", [])
     for spec in args.probe or []:
         name, n = spec.split(":")
-        probes.append(probe(name, int(n)))
+        probes.append(probe(random_model(name), name, int(n)))
         print(json.dumps(probes[-1]), flush=True)
         report(rows, cpu_description(), full, probes)
     for spec in args.full or []:
