@@ -200,6 +200,7 @@ class TritonServer:
         self.inherit_output = log == "-"  # the server writes to this process's stdout/stderr
         self.log_path = Path(log) if log and log != "-" else Path(self._scratch.name) / "tritonserver.log"
         self.process: subprocess.Popen | None = None
+        self._stopped = False  # stop() has killed this process's group and cleaned up after it
         # Passed as --id and read back from /v2: the readiness check answers for this server only,
         # not for another one that took the port between the port check and tritonserver's bind.
         self.server_id = f"tqdit-{uuid.uuid4().hex[:12]}"
@@ -258,6 +259,7 @@ class TritonServer:
         log = None if self.inherit_output else open(self.log_path, "ab")
         try:
             # Its own process group: a Ctrl-C in the terminal reaches `tqdit serve`, which stops it in order.
+            self._stopped = False
             self.process = subprocess.Popen(self.command(backends), stdout=log, stderr=subprocess.STDOUT if log else None,
                                             stdin=subprocess.DEVNULL, env=self.environment(), start_new_session=True)
         finally:
@@ -299,9 +301,13 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> int | None:
-        """SIGTERM, wait up to exit_timeout + 5 s, then SIGKILL; returns the exit status (None: not started)."""
+        """SIGTERM, wait up to exit_timeout + 5 s, then SIGKILL; returns the exit status (None: not started).
+        Once done, a second call (close() after a failed start) only returns the status: the group's
+        id may belong to another process by then."""
         if self.process is None:
             return None
+        if self._stopped:
+            return self.process.returncode
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -312,6 +318,7 @@ class TritonServer:
         self._kill_group()
         self.process.wait()
         self._remove_shared_memory()
+        self._stopped = True
         return self.process.returncode
 
     def shared_memory_regions(self) -> list[Path]:
