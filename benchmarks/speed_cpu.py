@@ -135,20 +135,18 @@ def quantize_static_graph(fp32: Path, model: DiT, out: Path) -> Path:
     return out
 
 
-def bench_model(name: str, args, workdir: Path) -> list[dict]:
-    model, label = load(name)
+def make_records(model: DiT, name: str, needed: set[str], quick: bool = False) -> tuple[dict[str, CalibrationRecord], int]:
+    """The records the variants in `needed` (their record labels) export, and the number of time groups."""
     random_weights = name in DIT_CONFIGS
     groups = 2 if random_weights else 10  # speed does not depend on G; sizes scale with it
-    # --quick calibrates the bundled model on 8 samples per group, one round: speed does not depend on it
-    common = dict(samples_per_group=2 if random_weights else (8 if args.quick else 32),
+    # quick calibrates the bundled model on 8 samples per group, one round: speed does not depend on it
+    common = dict(samples_per_group=2 if random_weights else (8 if quick else 32),
                   trajectory_steps=10 if random_weights else 100, clip_denoised=not random_weights, progress=False)
     method = "minmax" if random_weights else "tqdit"  # MRQ exists only in the TQ-DiT search
-    variants = [v for v in VARIANTS if not args.quick or v[0] in QUICK_VARIANTS]
-    needed = {v[1] for v in variants}
 
     def tqdit(**forms) -> CalibrationRecord:
         # random weights: one round without HO (speed does not depend on the scales)
-        return calibrate_dit(model, CalibrationConfig(num_groups=groups, rounds=1 if random_weights or args.quick else 3,
+        return calibrate_dit(model, CalibrationConfig(num_groups=groups, rounds=1 if random_weights or quick else 3,
                                                       ho=not random_weights, **forms), **common)
 
     records = {"plain": calibrate_dit(model, CalibrationConfig(num_groups=groups, method=method, mrq=False), **common)}
@@ -160,19 +158,45 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
         records["mrq-cheap"] = tqdit(softmax_mrq="saturate", gelu_mrq="shift")
         records["mrq-saturate"] = mrq_only(records["mrq-cheap"], "softmax-saturate")
         records["mrq-shift"] = mrq_only(records["mrq-cheap"], "gelu-shift")
+    return records, groups
+
+
+def call_inputs(model: DiT, batch: int) -> tuple:
+    """x, t (= 500), y of one timed denoiser call: `batch` rows, the second half the null class (CFG)."""
     c = model.config
     torch.manual_seed(1)
-    x = torch.randn(args.batch, c.in_channels, c.input_size, c.input_size)
-    t = torch.full((args.batch,), 500)
-    y = torch.cat([torch.arange(args.batch // 2) % c.num_classes, torch.full((args.batch - args.batch // 2,),
-                                                                             model.null_class)])
+    x = torch.randn(batch, c.in_channels, c.input_size, c.input_size)
+    t = torch.full((batch,), 500)
+    y = torch.cat([torch.arange(batch // 2) % c.num_classes, torch.full((batch - batch // 2,), model.null_class)])
+    return x.numpy(), t.numpy(), y.numpy()
+
+
+def export_variant(model: DiT, name: str, records: dict[str, CalibrationRecord], variant: tuple,
+                   workdir: Path) -> Path:
+    """The export folder of one `VARIANTS` entry (written once per record, layout and attention)."""
+    _, rec, layout, graph = variant
+    attention = graph != "int8 float-attention"
+    out = workdir / f"{name.replace('/', '_')}_{rec}_{layout.replace('—', 'fp32')}_{attention}"
+    if not out.exists():
+        export_dit(model, records[rec], out, layout="per-group" if layout == "—" else layout,
+                   fp32=graph in ("fp32", "quantize_static", "openvino fp32"), attention=attention)
+    return out
+
+
+def graph_at(out: Path, t: int) -> str:
+    """The file of an export's graph that serves timestep `t` (per-group layout; the single graph otherwise)."""
+    graphs = json.loads((out / "manifest.json").read_text())["graphs"]
+    return next(g["file"] for g in graphs if "timesteps" not in g or g["timesteps"][0] <= t < g["timesteps"][1])
+
+
+def bench_model(name: str, args, workdir: Path) -> list[dict]:
+    model, label = load(name)
+    variants = [v for v in VARIANTS if not args.quick or v[0] in QUICK_VARIANTS]
+    records, groups = make_records(model, name, {v[1] for v in variants}, args.quick)
+    x, t, y = call_inputs(model, args.batch)
     rows, fp32_ms, plain_ms = [], None, None
     for variant, rec, layout, graph in variants:
-        attention = graph != "int8 float-attention"
-        out = workdir / f"{name.replace('/', '_')}_{rec}_{layout.replace('—', 'fp32')}_{attention}"
-        if not out.exists():
-            export_dit(model, records[rec], out, layout="per-group" if layout == "—" else layout,
-                       fp32=graph in ("fp32", "quantize_static", "openvino fp32"), attention=attention)
+        out = export_variant(model, name, records, (variant, rec, layout, graph), workdir)
         if graph.startswith("int8"):
             backend = OrtDenoiser(out, threads=args.threads)
             files = [g["file"] for g in backend.manifest.graphs]
@@ -182,14 +206,12 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
             path = quantize_static_graph(out / "fp32.onnx", model, out / "quantize_static.onnx")
             backend, files = ort_session(path, args.threads), [path.name]
         else:  # OpenVINO: the FP32 graph, or our per-group graph of the group that t = 500 is in
-            gfile = "fp32.onnx" if graph == "openvino fp32" else next(
-                g["file"] for g in json.loads((out / "manifest.json").read_text())["graphs"]
-                if g["timesteps"][0] <= 500 < g["timesteps"][1])
+            gfile = "fp32.onnx" if graph == "openvino fp32" else graph_at(out, 500)
             backend, files = openvino_session(out / gfile, args.threads), [gfile]
             if backend is None:
                 print(f"{variant}: openvino is not installed (pip install openvino): skipped", flush=True)
                 continue
-        ms = time_calls(backend, x.numpy(), t.numpy(), y.numpy(), args.repeats)
+        ms = time_calls(backend, x, t, y, args.repeats)
         size = sum((out / f).stat().st_size for f in files)
         fp32_ms = ms if graph == "fp32" else fp32_ms
         plain_ms = ms if variant == "int8 plain" else plain_ms
