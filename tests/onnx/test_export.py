@@ -190,3 +190,29 @@ def test_cheap_mrq_forms_leave_no_compare_and_one_fc2_gemm(exported):
     else:
         assert regions == {"softmax", "gelu"} and "Where" in ops
         assert matmuls == blocks * (4 + 1 + 1 + 2) + 1
+
+
+def _ort_optimized_ops(path, tmp_path) -> list[str]:
+    """The op types of the graph an ONNX Runtime session of the project runs (after its fusions)."""
+    from tqdit_export.edge.ort_runtime import DISABLED_OPTIMIZERS
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+def test_ort_runs_each_gelu_as_one_kernel_and_every_linear_on_integer_kernels(exported, model, tmp_path):
+    """The exporter writes the tanh GELU in the node order ONNX Runtime fuses (one FastGelu per block
+    instead of nine elementwise ops over the fc1 output), in the FP32 and the Q/DQ graphs alike."""
+    _, out, manifest = exported
+    depth = model.config.depth
+    for name in (manifest["graphs"][0]["file"], "fp32.onnx"):
+        ops = _ort_optimized_ops(out / name, tmp_path)
+        assert ops.count("FastGelu") == depth and "Tanh" not in ops and "Pow" not in ops
+    ops = _ort_optimized_ops(out / manifest["graphs"][0]["file"], tmp_path)
+    # qkv, proj, fc1, fc2 (+ a second fc2 GEMM for the paper's GELU form) per block, and the final linear
+    assert ops.count("MatMulIntegerToFloat") + ops.count("QLinearMatMul") >= 5 * depth + 1
+    # The model keeps its own GELU modules: the export's form is swapped in for the export only.
+    assert all(type(m.mlp.act) is torch.nn.GELU for m in model.blocks)

@@ -22,6 +22,7 @@ timestep range of each group, and is written atomically (a complete folder or no
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -44,7 +45,8 @@ from .lint import FP16_EXCEPTIONS, LintError, lint_model
 from .manifest import LAYOUTS, MANIFEST, MANIFEST_VERSION
 from trt_plugins.reference import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-from .qdq import FLOAT_PRECISIONS, PRECISIONS, ActivationQDQ, GroupInput, PluginGroupInput, QDQLinear, QDQMatMul
+from .qdq import (FLOAT_PRECISIONS, PRECISIONS, ActivationQDQ, GroupInput, PluginGroupInput, QDQLinear, QDQMatMul,
+                  TanhGelu)
 
 INT8_OPSET = 17  # ONNX Runtime refuses int8 Q/DQ graphs at opset >= 21 with optimizations on
 INT4_OPSET = 21  # the first opset whose DequantizeLinear takes int4 weights
@@ -231,6 +233,21 @@ def pack_int4_weights(proto: onnx.ModelProto) -> int:
     return packed
 
 
+@contextlib.contextmanager
+def fusable_gelu(module: nn.Module):
+    """While exporting: every nn.GELU(approximate="tanh") of `module` is `TanhGelu` (the same values,
+    written in the node order ONNX Runtime fuses into one FastGelu); put back afterwards."""
+    swapped = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+               if isinstance(child, nn.GELU) and child.approximate == "tanh"]
+    for parent, name, _ in swapped:
+        setattr(parent, name, TanhGelu())
+    try:
+        yield module
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
 def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8_OPSET,
                 int4_weights: bool = False, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
     """torch module -> ONNX file with the project's graph interface (x, t, y -> out; dynamic batch).
@@ -250,7 +267,7 @@ def export_onnx(module: nn.Module, example: tuple, path: Path, opset: int = INT8
         custom_opsets={PLUGIN_NAMESPACE: 1} if any(isinstance(m, PluginLayoutDiT) for m in module.modules()) else None,
     )
     external = _tensor_bytes(module) > EXTERNAL_DATA_BYTES
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), fusable_gelu(module):
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         if not external:
             buf = io.BytesIO()
