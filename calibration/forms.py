@@ -40,16 +40,22 @@ import torch
 
 from .quantizers import GELU_MIN, fake_quant, narrow_codes, qrange
 
+def _zero(x: torch.Tensor) -> torch.Tensor:
+    """A 0-d zero of x's type: broadcast by Where/Max, it exports as a constant (zeros_like would be a
+    ConstantOfShape that ONNX Runtime fills at x's full size on every call: 2 % of a DiT-B/2 call)."""
+    return torch.zeros((), dtype=x.dtype, device=x.device)
+
+
 # What a part selects from x (thr: the part's threshold r, or the offset c).
 SELECTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor | float | None], torch.Tensor]] = {
     "all": lambda x, thr: x,
-    "below": lambda x, thr: torch.where(x < thr, x, torch.zeros_like(x)),
-    "at_or_above": lambda x, thr: torch.where(x < thr, torch.zeros_like(x), x),
+    "below": lambda x, thr: torch.where(x < thr, x, _zero(x)),
+    "at_or_above": lambda x, thr: torch.where(x < thr, _zero(x), x),
     "negative": lambda x, thr: torch.clamp(x, max=0.0),
     "positive": lambda x, thr: torch.clamp(x, min=0.0),
     # Max, not Relu: ONNX Runtime folds a Relu in front of a QuantizeLinear into it, which is
     # wrong for float8 codes (they are signed around zero point 0, not clamped below).
-    "excess": lambda x, thr: torch.maximum(x - thr, torch.zeros_like(x)),
+    "excess": lambda x, thr: torch.maximum(x - thr, _zero(x)),
     "shifted": lambda x, thr: x - thr,
 }
 

@@ -184,6 +184,8 @@ def test_cheap_mrq_forms_leave_no_compare_and_one_fc2_gemm(exported):
     ops = [n.op_type for n in graph.node]
     blocks = record.model_config["depth"]
     matmuls = ops.count("MatMul")
+    # The zeros the parts' Where/Max compare with are 0-d constants, never a tensor filled at x's size per call
+    assert "ConstantOfShape" not in ops
     if regions == {"softmax-saturate", "gelu-shift"}:
         assert "Where" not in ops and "Less" not in ops
         assert matmuls == blocks * (4 + 1 + 2) + 1  # qkv, proj, fc1, fc2; Q·Kᵀ; two A·V; final
