@@ -117,6 +117,9 @@ def test_plugin_engines_serve_with_the_builds_c_plus_plus_plugin(plugin_export, 
     assert backend_config_args(repo, {"plugins": []}, ("--x=1",)) == ["--x=1"]
     mine = "--backend-config=tensorrt,plugins=/opt/mine.so"
     assert backend_config_args(repo, info, ("--x=1", mine)) == ["--x=1", f"{mine};{copy.resolve()}"]
+    # Two plugins flags of the caller's: tritonserver would keep only the last, so all become one.
+    two = (mine, "--x=1", "--backend-config=tensorrt,plugins=/opt/b.so;/opt/mine.so")
+    assert backend_config_args(repo, info, two) == [f"{mine};/opt/b.so;{copy.resolve()}", "--x=1"]
     # A marker naming a plugin the writer did not copy (or outside the repository) is refused.
     marker = json.loads((repo / "tqdit_repository.json").read_text())
     for name in ("../libevil.so", "/tmp/libevil.so", "tqdit_denoiser/1/other.so"):
@@ -367,12 +370,14 @@ def test_one_settings_group_failing_or_cancelled_answers_only_its_own_requests(m
             return Response([Tensor("out", denoise(self.feeds["x"], self.feeds["t"].reshape(-1)))])
 
     final = 1
-    monkeypatch.setattr(ts, "pb_utils", types.SimpleNamespace(
+    logged = []
+    stub = types.SimpleNamespace(
         Tensor=Tensor, TritonError=Error,
         InferenceResponse=Response, InferenceRequest=InferenceRequest,
-        TRITONSERVER_RESPONSE_COMPLETE_FINAL=final,
+        TRITONSERVER_RESPONSE_COMPLETE_FINAL=final, Logger=types.SimpleNamespace(log_error=logged.append),
         get_input_tensor_by_name=lambda request, name: request.inputs.get(name),
-        get_output_tensor_by_name=lambda response, name: response.outputs[name]))
+        get_output_tensor_by_name=lambda response, name: response.outputs[name])
+    monkeypatch.setattr(ts, "pb_utils", stub)
     sent = []  # (request, response), in the order they left
 
     class Sender:
@@ -381,6 +386,8 @@ def test_one_settings_group_failing_or_cancelled_answers_only_its_own_requests(m
 
         def send(self, response, flags=0):
             assert flags == final  # one response per request, sent final
+            if self.request.shm_full and response.outputs:
+                raise RuntimeError("Failed to increase the shared memory pool size")
             sent.append((self.request, response))
 
     class Request:
@@ -389,6 +396,7 @@ def test_one_settings_group_failing_or_cancelled_answers_only_its_own_requests(m
                            "seed": Tensor("seed", [[seed]] * len(labels)),
                            "steps": Tensor("steps", [[steps]] * len(labels))}
             self.cancelled = cancelled
+            self.shm_full = False  # True: the images do not fit in the stub's shared memory
 
         def is_cancelled(self):
             return self.cancelled
@@ -430,6 +438,18 @@ def test_one_settings_group_failing_or_cancelled_answers_only_its_own_requests(m
     assert [requests.index(r) for r, _ in sent] == [0, 1, 2]
     assert "class_label" in sent[0][1].error_.text
     assert all("internal error: scheduler bug" in response.error_.text for _, response in sent[1:])
+    # Images the stub cannot place in shared memory: that request gets an error saying so (logged), the
+    # others their images.
+    monkeypatch.undo()
+    monkeypatch.setattr(ts, "pb_utils", stub)
+    sent.clear()
+    requests = [Request(4, 1), Request(4, 2)]
+    requests[0].shm_full = True
+    assert model.execute(requests) is None
+    assert [requests.index(r) for r, _ in sent] == [0, 1]
+    assert "could not be sent (Failed to increase the shared memory pool size)" in sent[0][1].error_.text
+    assert sent[1][1].error_ is None and "images" in sent[1][1].outputs
+    assert any("could not be sent" in line for line in logged)
 
 
 def test_a_manifest_naming_files_outside_the_export_is_refused_before_writing(digits_export, tmp_path):

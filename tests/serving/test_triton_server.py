@@ -253,6 +253,20 @@ def test_a_server_asked_to_stop_while_loading_stops_without_waiting_for_ready(re
         server.close()
 
 
+def test_a_tritonserver_older_than_the_response_senders_is_refused(server):
+    from tqdit_export.serving.server import check_server_version
+
+    assert server.version is not None
+    check_server_version(server.version, "tritonserver")  # the one the tests run: accepted
+    check_server_version("2.47.0", "tritonserver")
+    for old in ("2.46.0", "2.9.1"):
+        with pytest.raises(RuntimeError, match=r"version .*unanswered; use 2\.47 \(Triton 24\.06\) or newer"):
+            check_server_version(old, "/opt/old/tritonserver")
+    for odd in (None, "", "dev"):
+        with pytest.raises(RuntimeError, match="not MAJOR.MINOR"):
+            check_server_version(odd, "tritonserver")
+
+
 def test_another_server_on_the_port_is_not_taken_for_ours(repo):
     """The readiness check reads the server's --id back from /v2: a foreign server answering ready is not ours."""
     import http.server
@@ -340,4 +354,9 @@ def test_a_killed_server_leaves_no_shared_memory_behind(repo):
     theirs = TritonServer(repo, free_port(), free_port(), free_port(), extra_args=(f"{SHM_PREFIX_FLAG}=mine_",))
     assert theirs.shm_prefix is None and theirs.shared_memory_regions() == []
     assert [a for a in theirs.command(repo) if a.startswith(SHM_PREFIX_FLAG)] == [f"{SHM_PREFIX_FLAG}=mine_"]
+    theirs.close()
+    # ... also in tritonserver's global form, which our backend-specific flag would otherwise override.
+    glob = "--backend-config=shm-region-prefix-name=all_"
+    theirs = TritonServer(repo, free_port(), free_port(), free_port(), extra_args=(glob,))
+    assert theirs.shm_prefix is None and not any(a.startswith(SHM_PREFIX_FLAG) for a in theirs.command(repo))
     theirs.close()

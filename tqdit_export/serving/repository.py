@@ -272,18 +272,23 @@ TRT_PLUGINS_FLAG = "--backend-config=tensorrt,plugins="
 
 def backend_config_args(repo: str | Path, marker: dict, extra_args: tuple[str, ...] = ()) -> list[str]:
     """`extra_args` (tritonserver flags) with what the repository needs: its plugin libraries for
-    the TensorRT backend, by absolute path, added to a `--backend-config=tensorrt,plugins=...`
-    the caller passes (one list: a second flag would replace the first) or as one of their own."""
+    the TensorRT backend, by absolute path. tritonserver keeps only the last
+    `--backend-config=tensorrt,plugins=` flag, so every such flag the caller passes is merged, in
+    order, with the repository's libraries into one, where the caller's first one stood (or last)."""
     ours = [str((Path(repo) / p).resolve()) for p in marker.get("plugins") or []]
-    args, merged = [], False
+    theirs = [p for a in extra_args if a.startswith(TRT_PLUGINS_FLAG) for p in a[len(TRT_PLUGINS_FLAG):].split(";") if p]
+    if not ours:
+        return list(extra_args)
+    merged = TRT_PLUGINS_FLAG + ";".join(dict.fromkeys(theirs + ours))  # each library once, the caller's first
+    args, placed = [], False
     for a in extra_args:
-        if ours and a.startswith(TRT_PLUGINS_FLAG) and not merged:
-            theirs = [p for p in a[len(TRT_PLUGINS_FLAG):].split(";") if p]
-            a, merged = TRT_PLUGINS_FLAG + ";".join(theirs + [p for p in ours if p not in theirs]), True
+        if a.startswith(TRT_PLUGINS_FLAG):
+            if not placed:
+                args.append(merged)
+                placed = True
+            continue
         args.append(a)
-    if ours and not merged:
-        args.append(TRT_PLUGINS_FLAG + ";".join(ours))
-    return args
+    return args if placed else args + [merged]
 
 
 def check_max_images(max_images: int | None, profile_max: int) -> None:

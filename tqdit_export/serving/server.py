@@ -159,12 +159,36 @@ def check_ports_free(host: str, ports: dict[str, int]) -> None:
                                  f"({err.strerror or err}); give an address of this machine") from err
 
 
+# The sampler answers each request through its response sender and returns None from execute(): the
+# Python backend takes that from non-decoupled models since Triton 24.06 (server 2.47,
+# triton-inference-server/python_backend#364). An older server would leave every request unanswered.
+MIN_TRITON_VERSION = (2, 47)
+
+
+def check_server_version(version: str | None, binary: str | Path) -> None:
+    """Refuse a tritonserver older than MIN_TRITON_VERSION (its /v2 `version`, e.g. "2.51.0")."""
+    try:
+        numbers = tuple(int(p) for p in str(version).split(".")[:2])
+    except ValueError:
+        numbers = None
+    if numbers is None or len(numbers) < 2:
+        raise RuntimeError(f"tritonserver {binary} reports version {version!r}, not MAJOR.MINOR[.PATCH]; tqdit serve "
+                           f"needs {'.'.join(map(str, MIN_TRITON_VERSION))} (Triton 24.06) or newer")
+    if numbers < MIN_TRITON_VERSION:
+        raise RuntimeError(f"tritonserver {binary} is version {version}: its Python backend cannot answer through "
+                           "response senders in a non-decoupled model, as tqdit_sampler does, so every request "
+                           f"would go unanswered; use {'.'.join(map(str, MIN_TRITON_VERSION))} (Triton 24.06) or "
+                           f"newer (${TRITONSERVER_ENV}, a system Triton, or `make setup`'s)")
+
+
 class StartCancelled(Exception):
     """The server was asked to stop before it was ready (it has been stopped)."""
 
 
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX_FLAG = "--backend-config=python,shm-region-prefix-name"
+# The same setting given to every backend at once (tritonserver's global --backend-config form)
+SHM_PREFIX_FLAGS = (SHM_PREFIX_FLAG, "--backend-config=shm-region-prefix-name")
 
 
 class TritonServer:
@@ -201,13 +225,14 @@ class TritonServer:
         self.log_path = Path(log) if log and log != "-" else Path(self._scratch.name) / "tritonserver.log"
         self.process: subprocess.Popen | None = None
         self._stopped = False  # stop() has killed this process's group and cleaned up after it
+        self.version: str | None = None  # what the server reports at /v2 once it answers as ours
         # Passed as --id and read back from /v2: the readiness check answers for this server only,
         # not for another one that took the port between the port check and tritonserver's bind.
         self.server_id = f"tqdit-{uuid.uuid4().hex[:12]}"
         # The Python backend's shared-memory regions (/dev/shm, 1 MiB and up each) outlive a server that
         # is killed; under a prefix of this server's own, stop() removes what it left. A prefix the user
         # chose (--backend-config python,shm-region-prefix-name=...) may be shared: left to them.
-        user_prefix = any(a.startswith(SHM_PREFIX_FLAG) for a in self.extra_args)
+        user_prefix = any(a.startswith(SHM_PREFIX_FLAGS) for a in self.extra_args)
         self.shm_prefix = None if user_prefix else f"{self.server_id}_"
 
     @property
@@ -274,7 +299,12 @@ class TritonServer:
             if should_stop is not None and should_stop():
                 status = self.stop()
                 raise StartCancelled(f"stopped while its models loaded (tritonserver exit status {status})")
-            if self.ready():  # ours: ready() reads this server's --id back
+            if self.ready():  # ours: ready() reads this server's --id back (and its version)
+                try:
+                    check_server_version(self.version, self.install.binary)
+                except RuntimeError:
+                    self.stop()
+                    raise
                 return self
             time.sleep(0.25)
         self.stop()
@@ -287,11 +317,14 @@ class TritonServer:
         return f"the end of its log ({self.log_path}):\n{self.log_tail()}"
 
     def ready(self) -> bool:
-        """Whether this server (its --id at /v2) answers /v2/health/ready with 200 (every model loaded)."""
+        """Whether this server (its --id at /v2) answers /v2/health/ready with 200 (every model loaded);
+        keeps the version /v2 reports in `version`."""
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2", timeout=2) as r:
-                if json.loads(r.read()).get("name") != self.server_id:
+                metadata = json.loads(r.read())
+                if metadata.get("name") != self.server_id:
                     return False
+                self.version = metadata.get("version")
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
                 return r.status == 200
         except (urllib.error.URLError, ConnectionError, OSError, ValueError):

@@ -134,13 +134,25 @@ def _images(x: np.ndarray):
 
 def _answer(request, response) -> None:
     """Send a request's one response now (a non-decoupled model may send one, then final). A send
-    that fails (the stub could not place the response in shared memory, its client is gone) is
-    logged with the request's id; the other requests of the batch are still answered."""
+    that fails (the stub could not place the images in shared memory, say a container's small
+    /dev/shm) is logged with the request's id and answered with an error that says why, which
+    needs no tensor memory; only when that fails too does the request stay unanswered (logged).
+    The other requests of the batch are answered either way."""
+    rid = getattr(request, "request_id", lambda: "")()
+    sender = request.get_response_sender()
     try:
-        request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return
     except Exception as err:  # noqa: BLE001
-        rid = getattr(request, "request_id", lambda: "")()
         pb_utils.Logger.log_error(f"{SAMPLER_NAME}: the response to request {rid!r} could not be sent: {err}")
+        failure = err
+    try:
+        sender.send(_error(f"{SAMPLER_NAME}: the response could not be sent ({failure}); if the server's "
+                           "/dev/shm is small, give it more (docker run --shm-size) or ask for fewer images"),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    except Exception as err:  # noqa: BLE001
+        pb_utils.Logger.log_error(f"{SAMPLER_NAME}: request {rid!r} stays unanswered: its error response could "
+                                  f"not be sent either: {err}")
 
 
 def loop_order(requests: list[ImageRequest]) -> list[list[int]]:
