@@ -13,8 +13,9 @@ one graph, per-channel weights) on the FP32 graph, and OpenVINO (when installed)
 FP32 graph and our cheap-MRQ Q/DQ graph. The bundled
 model uses its trained weights and a TQ-DiT record; DiT-S/2 and DiT-B/2 (32x32x4 latents)
 use random weights and a min-max record (labelled: speed only, no quality meaning).
-Median of `--repeats` timed calls after warm-up, batch `--batch` (CFG doubles a batch of
-images, so 8 = 4 images), `--threads` intra-op threads. Writes
+Median of `--repeats` timed calls after warm-up, every variant of a model timed in rounds
+(one call of each per round, so a drifting machine shifts them alike), batch `--batch` (CFG
+doubles a batch of images, so 8 = 4 images), `--threads` intra-op threads. Writes
 benchmarks/results/speed_cpu_<cpu kind>.{json,md} (vnni or avx2: each kind its own table).
 """
 from __future__ import annotations
@@ -65,15 +66,27 @@ def mrq_only(record: CalibrationRecord, region: str) -> CalibrationRecord:
     return dataclasses.replace(record, sites=sites, tensors=tensors)
 
 
-def time_calls(backend, x, t, y, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        backend(x, t, y)
-    times = []
+# Between two timed calls of different sessions: ONNX Runtime's pool threads spin for a while after a
+# call, and a session's spinning threads would take the cores from the next session's call (measured
+# on the bundled model: 8 ms per call instead of 3.5 without this pause).
+SESSION_SWITCH_PAUSE_S = 0.05
+
+
+def time_interleaved(backends: list, x, t, y, repeats: int, warmup: int = 3) -> list[float]:
+    """Median ms per call of each backend, timed in rounds (one call of each per round, after
+    `warmup` calls each): a machine whose speed drifts during the run (a shared host) shifts
+    every variant alike, so the ratios within a model hold."""
+    for backend in backends:
+        for _ in range(warmup):
+            backend(x, t, y)
+    times: list[list[float]] = [[] for _ in backends]
     for _ in range(repeats):
-        start = time.perf_counter()
-        backend(x, t, y)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for backend, own in zip(backends, times):
+            time.sleep(SESSION_SWITCH_PAUSE_S)
+            start = time.perf_counter()
+            backend(x, t, y)
+            own.append(time.perf_counter() - start)
+    return [1000 * statistics.median(own) for own in times]
 
 
 # (label, record, layout, graph): graph is "fp32", "int8", "int8 float-attention" or a peer.
@@ -194,7 +207,7 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
     variants = [v for v in VARIANTS if not args.quick or v[0] in QUICK_VARIANTS]
     records, groups = make_records(model, name, {v[1] for v in variants}, args.quick)
     x, t, y = call_inputs(model, args.batch)
-    rows, fp32_ms, plain_ms = [], None, None
+    opened = []  # (variant, layout, backend, folder, files): every session open at once, timed in rounds
     for variant, rec, layout, graph in variants:
         out = export_variant(model, name, records, (variant, rec, layout, graph), workdir)
         if graph.startswith("int8"):
@@ -211,14 +224,16 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
             if backend is None:
                 print(f"{variant}: openvino is not installed (pip install openvino): skipped", flush=True)
                 continue
-        ms = time_calls(backend, x, t, y, args.repeats)
-        size = sum((out / f).stat().st_size for f in files)
-        fp32_ms = ms if graph == "fp32" else fp32_ms
-        plain_ms = ms if variant == "int8 plain" else plain_ms
+        opened.append((variant, layout, backend, out, files))
+    times = time_interleaved([o[2] for o in opened], x, t, y, args.repeats)
+    ms_of = {o[0]: ms for o, ms in zip(opened, times)}
+    fp32_ms, plain_ms = ms_of.get("fp32"), ms_of.get("int8 plain")
+    rows = []
+    for (variant, layout, _, out, files), ms in zip(opened, times):
         rows.append({"model": label, "variant": variant, "layout": layout, "groups": groups,
                      "ms_per_call": round(ms, 2), "speedup_vs_fp32": round(fp32_ms / ms, 2),
-                     "time_vs_int8_plain": round(ms / plain_ms, 2) if plain_ms else None,
-                     "artifact_mib": round(size / 2**20, 2)})
+                     "time_vs_int8_plain": round(ms / plain_ms, 2) if variant != "fp32" else None,
+                     "artifact_mib": round(sum((out / f).stat().st_size for f in files) / 2**20, 2)})
         print(rows[-1], flush=True)
     return rows
 
@@ -252,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.out.with_suffix(".json"), {"command": command.strip(), "machine": machine, "cpu": cpu, "batch": args.batch,
                                                "rows": rows})
     lines = ["# CPU speed per denoiser call (ONNX Runtime)", "", f"Command: `{command.strip()}`  ",
-             f"Machine: {machine}  ", f"Batch {args.batch} per call (CFG pairs), median of {args.repeats} calls.", "",
+             f"Machine: {machine}  ", f"Batch {args.batch} per call (CFG pairs), median of {args.repeats} calls, the "
+             "variants of a model timed in rounds (one call of each per round).", "",
              "| model | variant | layout | G | ms per call | speed-up vs FP32 | time vs INT8 plain | artifact MiB |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['variant']} | {r['layout']} | {r['groups']} | {r['ms_per_call']} | "
