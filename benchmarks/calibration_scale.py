@@ -393,9 +393,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="*", default=None, help="rows to measure, as MODEL:G:N (default all)")
     p.add_argument("--report", action="store_true", help="only rewrite the tables and the plot")
-    p.add_argument("--full", nargs="*", default=None,
+    # nargs "+": a bare --full or --probe is refused by argparse (an empty list would have run every row, for hours)
+    p.add_argument("--full", nargs="+", default=None,
                    help="instead: run `tqdit calibrate` end to end for these MODEL:G:N (checks the extrapolation)")
-    p.add_argument("--probe", nargs="*", default=None,
+    p.add_argument("--probe", nargs="+", default=None,
                    help="instead: time 5 warm denoiser calls for these MODEL:N, to see the machine's speed now")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
