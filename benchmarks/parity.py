@@ -12,7 +12,7 @@ by each ORT export, paired PSNR ORT vs fake-quant. On CPUs without VNNI the expo
 7-bit weight codes (and 7-bit B operands of Q.K^T and A.V), so both are reported against
 two references: the fake-quant model with those widths (what the graph must compute) and
 the 8-bit fake-quant model as calibrated (what the 7-bit codes cost on top).
-Writes benchmarks/results/parity.{json,md}.
+Writes benchmarks/results/parity_<cpu kind>.{json,md} (vnni or avx2: each kind its own table).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from quality import calibrate, claim_workdir, draw
 from tqdit_export.check import check_export
 from tqdit_export.engines.ort_backend import OrtBackend
 from tqdit_export.eval import paired_psnr
-from tqdit_export.hardware import cpu_has_vnni, cpu_name
+from tqdit_export.hardware import cpu_has_vnni, cpu_kind, cpu_name
 from tqdit_export.io import atomic_output, write_json
 from tqdit_export.models import resolve_model
 from tqdit_export.onnx import export_dit
@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check-samples", type=int, default=8, help="trajectory points per group for the per-call check")
     p.add_argument("--workdir", type=Path, default=Path("runs/quality"))
-    p.add_argument("--out", type=Path, default=RESULTS / "parity")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results path without suffix (default: benchmarks/results/parity_<cpu kind>)")
     args = p.parse_args(argv)
+    args.out = args.out or RESULTS / f"parity_{cpu_kind()}"
     model = resolve_model("dit-digits").model
     claim_workdir(args.workdir, model, "dit-digits")  # the quality benchmark's cache folder
     threads = torch.get_num_threads()

@@ -152,8 +152,8 @@ class _TanhGelu(torch.autograd.Function):
     """GELU, tanh approximation: torch's own kernel, written to ONNX as the node order ONNX Runtime fuses.
 
     The TorchScript exporter writes 0.5 * (x * (1 + tanh(...))) with x^3 as x * (x * x): nine
-    float ops over the fc1 output, which ONNX Runtime's CPU provider runs one by one (27 % of
-    a DiT-B/2 INT8 call on a VNNI CPU). Written as (0.5 * x) * (1 + tanh(sqrt(2/pi) *
+    float ops over the fc1 output, which ONNX Runtime's CPU provider runs one by one (about a
+    fifth of a DiT-B/2 INT8 call on a VNNI CPU). Written as (0.5 * x) * (1 + tanh(sqrt(2/pi) *
     (x + 0.044715 * x^3))) with Pow, its FastGeluFusion makes them one FastGelu kernel. The
     same standard ops for every other runtime (TensorRT fuses pointwise chains itself)."""
 
