@@ -139,17 +139,16 @@ def _answer(request, response) -> None:
     needs no tensor memory; only when that fails too does the request stay unanswered (logged).
     The other requests of the batch are answered either way."""
     rid = getattr(request, "request_id", lambda: "")()
-    sender = request.get_response_sender()
     try:
-        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return
     except Exception as err:  # noqa: BLE001
         pb_utils.Logger.log_error(f"{SAMPLER_NAME}: the response to request {rid!r} could not be sent: {err}")
         failure = err
+    why = _error(f"{SAMPLER_NAME}: the response could not be sent ({failure}); if the server's /dev/shm is "
+                 "small, give it more (docker run --shm-size) or ask for fewer images")
     try:
-        sender.send(_error(f"{SAMPLER_NAME}: the response could not be sent ({failure}); if the server's "
-                           "/dev/shm is small, give it more (docker run --shm-size) or ask for fewer images"),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        request.get_response_sender().send(why, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
     except Exception as err:  # noqa: BLE001
         pb_utils.Logger.log_error(f"{SAMPLER_NAME}: request {rid!r} stays unanswered: its error response could "
                                   f"not be sent either: {err}")
