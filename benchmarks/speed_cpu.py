@@ -10,7 +10,8 @@ MRQ costs per site); the cheap MRQ forms (calibration/forms.py: saturating softm
 GELU), each alone and both, with attention quantized or in float; the single layout
 (time_group input). Peers in the same run: ONNX Runtime's `quantize_static` (QDQ, min-max,
 one graph, per-channel weights) on the FP32 graph, and OpenVINO (when installed) running the
-FP32 graph and our cheap-MRQ Q/DQ graph. The bundled
+FP32 graph and our cheap-MRQ Q/DQ graph with f32 float ops, and the FP32 graph in bf16 where
+the CPU has BF16 (OpenVINO's own default there). The bundled
 model uses its trained weights and a TQ-DiT record; DiT-S/2 and DiT-B/2 (32x32x4 latents)
 use random weights and a min-max record (labelled: speed only, no quality meaning).
 Median of `--repeats` timed calls after warm-up, every variant of a model timed in rounds
@@ -103,6 +104,7 @@ VARIANTS = [
     ("int8 + cheap MRQ, single layout", "mrq-cheap", "single", "int8"),
     ("peer: ORT quantize_static (QDQ, min-max, one graph)", "plain", "—", "quantize_static"),
     ("peer: OpenVINO FP32", "plain", "—", "openvino fp32"),
+    ("peer: OpenVINO BF16 (its default on CPUs with BF16)", "plain", "—", "openvino bf16"),
     ("peer: OpenVINO, our cheap-MRQ Q/DQ graph", "mrq-cheap", "per-group", "openvino int8"),
 ]
 QUICK_VARIANTS = ("fp32", "int8 plain", "int8 + paper MRQ (full TQ-DiT, paper forms)",
@@ -114,14 +116,19 @@ def ort_session(path: Path, threads: int) -> OrtSessionDenoiser:
     return OrtSessionDenoiser(path, threads)
 
 
-def openvino_session(path: Path, threads: int) -> OrtSessionDenoiser | None:
-    """OpenVINO's CPU plugin compiling the same ONNX graph, or None when openvino is not installed."""
+def openvino_session(path: Path, threads: int, precision: str = "f32") -> OrtSessionDenoiser | str:
+    """OpenVINO's CPU plugin compiling the same ONNX graph, its float ops in `precision` ("f32" or
+    "bf16"), or why it cannot run here. The precision is set, never left to OpenVINO: its default
+    is bf16 wherever the CPU has BF16 (AVX512-BF16, AMX), which made an "FP32" row a BF16 one."""
     try:
         import openvino as ov
     except ImportError:
-        return None
+        return "openvino is not installed (pip install openvino)"
     core = ov.Core()
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1})
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return "this CPU has no BF16 (OpenVINO runs f32 here)"
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                                                     "INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
     out = compiled.output(0)
     return OrtSessionDenoiser(run=lambda feeds: request.infer(feeds)[out])
@@ -192,7 +199,7 @@ def export_variant(model: DiT, name: str, records: dict[str, CalibrationRecord],
     out = workdir / f"{name.replace('/', '_')}_{rec}_{layout.replace('—', 'fp32')}_{attention}"
     if not out.exists():
         export_dit(model, records[rec], out, layout="per-group" if layout == "—" else layout,
-                   fp32=graph in ("fp32", "quantize_static", "openvino fp32"), attention=attention)
+                   fp32=graph in ("fp32", "quantize_static", "openvino fp32", "openvino bf16"), attention=attention)
     return out
 
 
@@ -219,10 +226,11 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
             path = quantize_static_graph(out / "fp32.onnx", model, out / "quantize_static.onnx")
             backend, files = ort_session(path, args.threads), [path.name]
         else:  # OpenVINO: the FP32 graph, or our per-group graph of the group that t = 500 is in
-            gfile = "fp32.onnx" if graph == "openvino fp32" else graph_at(out, 500)
-            backend, files = openvino_session(out / gfile, args.threads), [gfile]
-            if backend is None:
-                print(f"{variant}: openvino is not installed (pip install openvino): skipped", flush=True)
+            gfile = "fp32.onnx" if graph in ("openvino fp32", "openvino bf16") else graph_at(out, 500)
+            backend, files = openvino_session(out / gfile, args.threads, "bf16" if graph == "openvino bf16"
+                                              else "f32"), [gfile]
+            if isinstance(backend, str):
+                print(f"{variant}: {backend}: skipped", flush=True)
                 continue
         opened.append((variant, layout, backend, out, files))
     times = time_interleaved([o[2] for o in opened], x, t, y, args.repeats)
