@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from calibration.calibrate import CalibrationConfig
+from tqdit_export.edge.ort_runtime import make_session
 from tqdit_export.hardware import cpu_description
 from tqdit_export.io import atomic_output, write_json
 from tqdit_export.models import resolve_model
@@ -35,11 +36,10 @@ GEMM_OPS = {"MatMul", "Gemm", "MatMulIntegerToFloat", "QLinearMatMul", "MatMulIn
 
 def kernels(graph_path: Path, workdir: Path) -> dict[str, dict[str, int]]:
     """site kind -> {op type: count} in ONNX Runtime's optimised graph."""
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(workdir / "optimized.onnx")
-    ort.InferenceSession(str(graph_path), so, providers=["CPUExecutionProvider"])
+    optimized = workdir / "optimized.onnx"
+    make_session(graph_path, None, ["CPUExecutionProvider"], optimized_path=optimized)  # the project's options
     table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for node in onnx.load(so.optimized_model_filepath).graph.node:
+    for node in onnx.load(str(optimized)).graph.node:
         m = SITE.search(node.name + "/")
         if m and node.op_type in GEMM_OPS:
             table[m.group(1)][node.op_type] += 1

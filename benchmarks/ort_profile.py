@@ -23,12 +23,11 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import onnxruntime as ort
 
-from speed_cpu import SESSION_SWITCH_PAUSE_S, VARIANTS, call_inputs, export_variant, graph_at, load, make_records
+from speed_cpu import VARIANTS, call_inputs, export_variant, graph_at, load, make_records, time_interleaved
 from tqdit_export.edge.ort_runtime import make_session
 from tqdit_export.hardware import cpu_description
 from tqdit_export.io import atomic_output, write_json
@@ -63,14 +62,8 @@ def profile_graphs(graphs: list[Path], inputs: tuple, args, workdir: Path) -> li
     whose speed drifts shifts every graph alike)."""
     sessions = [make_session(g, args.threads, ["CPUExecutionProvider"], profile_prefix=str(workdir / f"profile{i}"))
                 for i, g in enumerate(graphs)]
-    feeds = dict(zip(("x", "t", "y"), inputs))
-    for session in sessions:
-        for _ in range(args.warmup):
-            session.run(["out"], feeds)
-    for _ in range(args.calls):
-        for session in sessions:
-            time.sleep(SESSION_SWITCH_PAUSE_S)  # the last session's spinning pool threads go idle first
-            session.run(["out"], feeds)
+    calls = [lambda x, t, y, s=s: s.run(["out"], {"x": x, "t": t, "y": y}) for s in sessions]
+    time_interleaved(calls, *inputs, args.calls, args.warmup)  # the profiles hold the times; its medians unused
     results = []
     for session in sessions:
         path = Path(session.end_profiling())

@@ -196,12 +196,9 @@ def test_cheap_mrq_forms_leave_no_compare_and_one_fc2_gemm(exported):
 
 def _ort_optimized_ops(path, tmp_path) -> list[str]:
     """The op types of the graph an ONNX Runtime session of the project runs (after its fusions)."""
-    from tqdit_export.edge.ort_runtime import DISABLED_OPTIMIZERS
-    import onnxruntime as ort
+    from tqdit_export.edge.ort_runtime import make_session
 
-    opts = ort.SessionOptions()
-    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    make_session(path, 1, ["CPUExecutionProvider"], optimized_path=tmp_path / "optimized.onnx")
     return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
 
 

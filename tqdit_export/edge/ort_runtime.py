@@ -20,12 +20,14 @@ DISABLED_OPTIMIZERS = ["MatMulAddFusion", "ClipQuantRewrite"]
 
 
 def make_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                 expand_plugin_nodes: bool = False, profile_prefix: str | None = None):
+                 expand_plugin_nodes: bool = False, profile_prefix: str | None = None,
+                 optimized_path: str | Path | None = None):
     """An InferenceSession with the options that keep Q/DQ MatMuls on integer kernels.
 
     `expand_plugin_nodes` (plugin layout): run TimeGroupQuantize nodes as their reference subgraph.
     `profile_prefix`: record ONNX Runtime's per-node profile into a JSON file of that prefix
     (`session.end_profiling()` writes it and returns its path); default off.
+    `optimized_path`: write the graph ONNX Runtime runs, after its fusions, to that file.
     """
     import onnx
     import onnxruntime as ort
@@ -42,6 +44,8 @@ def make_session(path: str | Path, threads: int | None = None, providers: list[s
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
+    if optimized_path:
+        opts.optimized_model_filepath = str(optimized_path)
     available = ort.get_available_providers()
     providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     return ort.InferenceSession(source, sess_options=opts, providers=providers, disabled_optimizers=DISABLED_OPTIMIZERS)
